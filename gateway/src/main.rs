@@ -1,0 +1,2 @@
+//! llm-gateway binary entry point.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Refusal detection (placeholder, filled in by the refusal module work).

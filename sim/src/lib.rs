@@ -1,0 +1,1 @@
+//! Simulated vLLM and load generator.
