@@ -1,1 +1,16 @@
 //! Simulated vLLM and load generator.
+//!
+//! - [`server`]: the simulated vLLM OpenAI-compatible server ([`SimConfig`], [`router`],
+//!   [`serve`]) used by the `vllm-sim` binary and embedded by `llm-gateway --demo`.
+//! - [`engine`]: the scheduler model (running set, FCFS queue, KV-cache budget, preemption).
+//! - [`metrics`]: vLLM's `vllm:` Prometheus metrics, rendered like Python `prometheus_client`.
+//! - [`wire`]: byte-exact vLLM JSON / SSE shapes.
+//! - [`text`]: deterministic text, token estimates and refusal phrasings.
+
+pub mod engine;
+pub mod metrics;
+pub mod server;
+pub mod text;
+pub mod wire;
+
+pub use server::{SimConfig, router, serve};

@@ -1,1 +1,158 @@
-fn main() {}
+//! `vllm-sim`: a simulated vLLM OpenAI-compatible server for tests, demos and benchmarks.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sim::SimConfig;
+
+/// A simulated vLLM server speaking vLLM's OpenAI-compatible wire format and metrics.
+#[derive(Debug, Parser)]
+#[command(name = "vllm-sim", version, about)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed on stderr).
+    #[arg(long, env = "VLLM_SIM_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Served model name (repeat for several; each is a separate simulated engine).
+    #[arg(
+        long = "model",
+        env = "VLLM_SIM_MODEL",
+        value_delimiter = ',',
+        default_value = "sim-model"
+    )]
+    models: Vec<String>,
+    /// Prefill time (scheduling to first token) in milliseconds.
+    #[arg(long, env = "VLLM_SIM_TTFT_MS", default_value_t = 50)]
+    ttft_ms: u64,
+    /// Decode speed per request in tokens per second (0 = instant).
+    #[arg(long, env = "VLLM_SIM_TOKENS_PER_SECOND", default_value_t = 200.0)]
+    tokens_per_second: f64,
+    /// Output length when a request does not ask for fewer tokens.
+    #[arg(long, env = "VLLM_SIM_MAX_TOKENS_DEFAULT", default_value_t = 64)]
+    max_tokens_default: u32,
+    /// Requests running at once; the others wait in a FCFS queue.
+    #[arg(long, env = "VLLM_SIM_MAX_CONCURRENCY", default_value_t = 64)]
+    max_concurrency: usize,
+    /// KV-cache size in tokens (prompt + generated tokens of running requests).
+    #[arg(long, env = "VLLM_SIM_KV_CACHE_TOKENS", default_value_t = 65536)]
+    kv_cache_tokens: u64,
+    /// Share of requests answered with HTTP 500 (0..1).
+    #[arg(long, env = "VLLM_SIM_ERROR_RATIO", default_value_t = 0.0)]
+    error_ratio: f64,
+    /// Share of requests answered with a refusal (0..1).
+    #[arg(long, env = "VLLM_SIM_REFUSAL_RATIO", default_value_t = 0.0)]
+    refusal_ratio: f64,
+    /// Seed of all deterministic choices.
+    #[arg(long, env = "VLLM_SIM_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Require `Authorization: Bearer KEY` on /v1 paths (like vLLM --api-key).
+    #[arg(long, env = "VLLM_SIM_API_KEY")]
+    api_key: Option<String>,
+    /// Context window (max prompt + completion tokens).
+    #[arg(long, env = "VLLM_SIM_MAX_MODEL_LEN", default_value_t = 32768)]
+    max_model_len: u32,
+}
+
+impl Cli {
+    fn config(self) -> anyhow::Result<SimConfig> {
+        for (name, v) in [
+            ("--error-ratio", self.error_ratio),
+            ("--refusal-ratio", self.refusal_ratio),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&v),
+                "{name} must be between 0 and 1, got {v}"
+            );
+        }
+        anyhow::ensure!(
+            self.tokens_per_second.is_finite() && self.tokens_per_second >= 0.0,
+            "--tokens-per-second must be >= 0"
+        );
+        let models: Vec<String> = self.models.into_iter().filter(|m| !m.is_empty()).collect();
+        anyhow::ensure!(!models.is_empty(), "at least one --model is required");
+        Ok(SimConfig {
+            models,
+            ttft_ms: self.ttft_ms,
+            tokens_per_second: self.tokens_per_second,
+            max_tokens_default: self.max_tokens_default,
+            max_concurrency: self.max_concurrency.max(1),
+            kv_cache_tokens: self.kv_cache_tokens.max(1),
+            error_ratio: self.error_ratio,
+            refusal_ratio: self.refusal_ratio,
+            seed: self.seed,
+            api_key: self.api_key.filter(|k| !k.is_empty()),
+            max_model_len: self.max_model_len.max(16),
+        })
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let listen = cli.listen.clone();
+    let cfg = cli.config()?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr().context("local address")?;
+    {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "listening on {addr}");
+        let _ = err.flush();
+    }
+    tracing::info!(models = ?cfg.models, ttft_ms = cfg.ttft_ms, tokens_per_second = cfg.tokens_per_second,
+        max_concurrency = cfg.max_concurrency, kv_cache_tokens = cfg.kv_cache_tokens, "vllm-sim ready");
+    sim::serve(listener, cfg, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: starting runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1119 @@
+//! The simulated vLLM HTTP server: configuration, routes and the generation loop.
+//!
+//! Each served model is its own simulated engine ([`crate::engine::Engine`]) with its own
+//! scheduler and metric series, as if several vLLM instances shared one port.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::engine::{Engine, Running};
+use crate::metrics::{self, Finish, FinishedRequest, Histogram, ModelMetrics};
+use crate::text;
+use crate::wire::{self, ChunkWriter, FinalChoice, Kind, Usage};
+
+/// vLLM version reported by `GET /version`.
+pub const VLLM_VERSION: &str = "0.11.0";
+
+/// Simulator settings (flags of `vllm-sim`; per-request headers override some of them).
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Served model names; each one is a separate simulated engine.
+    pub models: Vec<String>,
+    /// Prefill time: from scheduling to the first token, in milliseconds.
+    pub ttft_ms: u64,
+    /// Decode speed per request; `0` means instant.
+    pub tokens_per_second: f64,
+    /// Output length when the request sets no smaller `max_tokens`.
+    pub max_tokens_default: u32,
+    /// Requests running at once; the rest wait in a FCFS queue.
+    pub max_concurrency: usize,
+    /// KV-cache budget in tokens (prompt + generated of running requests).
+    pub kv_cache_tokens: u64,
+    /// Share of requests answered with HTTP 500 (0..=1).
+    pub error_ratio: f64,
+    /// Share of requests answered with a refusal text (0..=1).
+    pub refusal_ratio: f64,
+    /// Seed of every deterministic choice (text, ratios).
+    pub seed: u64,
+    /// Like vLLM `--api-key`: when set, `/v1/*` requires `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Context window reported in `/v1/models` and enforced on requests.
+    pub max_model_len: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            models: vec!["sim-model".to_owned()],
+            ttft_ms: 50,
+            tokens_per_second: 200.0,
+            max_tokens_default: 64,
+            max_concurrency: 64,
+            kv_cache_tokens: 65536,
+            error_ratio: 0.0,
+            refusal_ratio: 0.0,
+            seed: 42,
+            api_key: None,
+            max_model_len: 32768,
+        }
+    }
+}
+
+struct Sim {
+    cfg: SimConfig,
+    engines: Vec<(String, Arc<Engine>)>,
+    counter: AtomicU64,
+    started: u64,
+}
+
+impl Sim {
+    fn engine(&self, model: &str) -> Option<&Arc<Engine>> {
+        self.engines
+            .iter()
+            .find(|(n, _)| n == model)
+            .map(|(_, e)| e)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The simulator's routes (no listener): `/v1/chat/completions`, `/v1/completions`,
+/// `/v1/embeddings`, `/v1/models`, `/health`, `/metrics`, `/version`.
+pub fn router(cfg: SimConfig) -> Router {
+    let mut cfg = cfg;
+    if cfg.models.is_empty() {
+        cfg.models.push("sim-model".to_owned());
+    }
+    let token_buckets: &'static [f64] =
+        Box::leak(metrics::buckets_1_2_5(cfg.max_model_len).into_boxed_slice());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let engines = cfg
+        .models
+        .iter()
+        .map(|m| {
+            let metrics = ModelMetrics::new(m, token_buckets, created);
+            (
+                m.clone(),
+                Arc::new(Engine::new(
+                    metrics,
+                    cfg.max_concurrency,
+                    cfg.kv_cache_tokens,
+                )),
+            )
+        })
+        .collect();
+    let sim = Arc::new(Sim {
+        cfg,
+        engines,
+        counter: AtomicU64::new(0),
+        started: unix_now(),
+    });
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .route("/version", get(version))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&sim), auth))
+        .with_state(sim)
+}
+
+/// Serve the simulator on `listener` until `shutdown` resolves, then drain.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: SimConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Small responses
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn vllm_error(status: StatusCode, message: &str, kind: &str, param: Option<&str>) -> Response {
+    json_response(
+        status,
+        wire::error_body(message, kind, param, status.as_u16()),
+    )
+}
+
+fn unauthorized() -> Response {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        b"{\"error\":\"Unauthorized\"}".to_vec(),
+    )
+}
+
+async fn auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &sim.cfg.api_key
+        && req.uri().path().starts_with("/v1")
+    {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| v == key);
+        if !ok {
+            return unauthorized();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        b"{\"detail\":\"Not Found\"}".to_vec(),
+    )
+}
+
+async fn health() -> Response {
+    StatusCode::OK.into_response()
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        format!("{{\"version\":\"{VLLM_VERSION}\"}}").into_bytes(),
+    )
+}
+
+async fn metrics_page(State(sim): State<Arc<Sim>>) -> Response {
+    let list: Vec<_> = sim
+        .engines
+        .iter()
+        .map(|(_, e)| (&e.metrics, e.gauges()))
+        .collect();
+    let body = metrics::render(&list);
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+async fn models(State(sim): State<Arc<Sim>>) -> Response {
+    use std::io::Write as _;
+    let created = sim.started;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+    for (i, m) in sim.cfg.models.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let h = text::mix64(sim.cfg.seed ^ (i as u64));
+        out.extend_from_slice(b"{\"id\":");
+        wire::json_str(&mut out, m);
+        let _ = write!(
+            out,
+            ",\"object\":\"model\",\"created\":{created},\"owned_by\":\"vllm\",\"root\":"
+        );
+        wire::json_str(&mut out, m);
+        let _ = write!(
+            out,
+            ",\"parent\":null,\"max_model_len\":{},\"permission\":[{{\"id\":\"modelperm-{:016x}{:016x}\",\"object\":\"model_permission\",\"created\":{created},\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,\"is_blocking\":false}}]}}",
+            sim.cfg.max_model_len,
+            h,
+            text::mix64(h)
+        );
+    }
+    out.extend_from_slice(b"]}");
+    json_response(StatusCode::OK, out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+    continuous_usage_stats: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GenRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    prompt: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+/// Per-request behaviours forced by `x-sim-behavior` (or drawn from the ratios).
+#[derive(Debug, Default, Clone, Copy)]
+struct Behavior {
+    refuse: bool,
+    error: bool,
+    error_midstream: bool,
+    error_flat: bool,
+    error_empty: bool,
+    unauthorized: bool,
+    slow: bool,
+    length: bool,
+}
+
+impl Behavior {
+    fn parse(headers: &HeaderMap) -> Self {
+        let mut b = Self::default();
+        for v in headers.get_all("x-sim-behavior") {
+            let Ok(v) = v.to_str() else { continue };
+            for item in v.split(',') {
+                match item.trim().to_ascii_lowercase().as_str() {
+                    "refuse" | "refusal" => b.refuse = true,
+                    "error" => b.error = true,
+                    "error-midstream" => b.error_midstream = true,
+                    "error-flat" => b.error_flat = true,
+                    "error-empty" => b.error_empty = true,
+                    "unauthorized" => b.unauthorized = true,
+                    "slow" => b.slow = true,
+                    "length" => b.length = true,
+                    _ => {}
+                }
+            }
+        }
+        b
+    }
+}
+
+fn header_parse<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Text of a chat message content (a string or a list of parts).
+fn content_text(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) => out.push_str(s),
+        serde_json::Value::Array(parts) => {
+            for p in parts {
+                if let Some(t) = p.get("text").and_then(|t| t.as_str()) {
+                    out.push_str(t);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One prompt: its hashable text and its token count.
+struct Prompt {
+    hash: u64,
+    tokens: u32,
+}
+
+fn completion_prompts(v: &serde_json::Value, seed: u64) -> Result<Vec<Prompt>, &'static str> {
+    use serde_json::Value;
+    let one = |v: &Value| -> Result<Prompt, &'static str> {
+        match v {
+            Value::String(s) => Ok(Prompt {
+                hash: text::hash_bytes(seed, s.as_bytes()),
+                tokens: text::estimate_tokens(s) + 1,
+            }),
+            Value::Array(ids) if ids.iter().all(Value::is_u64) => Ok(Prompt {
+                hash: text::hash_bytes(seed, v.to_string().as_bytes()),
+                tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            }),
+            _ => Err("prompt must be a string, an array of strings, or token ids"),
+        }
+    };
+    match v {
+        Value::Array(items) if !items.is_empty() && !items.iter().all(Value::is_u64) => {
+            items.iter().map(one).collect()
+        }
+        Value::Array(items) if items.is_empty() => Err("Prompt cannot be empty"),
+        other => Ok(vec![one(other)?]),
+    }
+}
+
+struct ChoicePlan {
+    index: u32,
+    tokens: Vec<&'static str>,
+    finish: Finish,
+}
+
+struct Plan {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    engine: Arc<Engine>,
+    prompt_tokens: u32,
+    choices: Vec<ChoicePlan>,
+    n: u32,
+    include_usage: bool,
+    continuous_usage: bool,
+    prefill: Duration,
+    tokens_per_second: f64,
+    midstream_error: bool,
+    params_max_tokens: u32,
+}
+
+async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(sim, Kind::Chat, headers, body).await
+}
+
+async fn completions(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(sim, Kind::Completion, headers, body).await
+}
+
+fn bad_request(msg: &str) -> Response {
+    vllm_error(StatusCode::BAD_REQUEST, msg, "BadRequestError", None)
+}
+
+async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = Instant::now();
+    // FastAPI request validation failures (bad JSON, wrong types) → 400 "Bad Request".
+    let req: GenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("JSON decode error: {e}");
+            return vllm_error(StatusCode::BAD_REQUEST, &msg, "Bad Request", None);
+        }
+    };
+    let cfg = &sim.cfg;
+    let model = match req.model.as_deref() {
+        None | Some("") => cfg.models[0].clone(),
+        Some(m) => m.to_owned(),
+    };
+    let Some(engine) = sim.engine(&model).cloned() else {
+        let msg = format!("The model `{model}` does not exist.");
+        return vllm_error(StatusCode::NOT_FOUND, &msg, "NotFoundError", Some("model"));
+    };
+    let stream = req.stream.unwrap_or(false);
+    if req.stream_options.is_some() && !stream {
+        return vllm_error(
+            StatusCode::BAD_REQUEST,
+            "Stream options can only be defined when `stream=True`.",
+            "Bad Request",
+            None,
+        );
+    }
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > 128 {
+        return bad_request(&format!("n must be between 1 and 128, got {n}."));
+    }
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    if max_tokens == Some(0) {
+        return bad_request("max_tokens must be at least 1, got 0.");
+    }
+    let seed = cfg.seed ^ req.seed.map_or(0, text::mix64);
+    let prompts = match kind {
+        Kind::Chat => {
+            let Some(messages) = &req.messages else {
+                return vllm_error(
+                    StatusCode::BAD_REQUEST,
+                    "Field required: messages",
+                    "Bad Request",
+                    None,
+                );
+            };
+            let mut all = String::new();
+            let mut tokens = text::CHAT_PROMPT_OVERHEAD;
+            for m in messages {
+                let start = all.len();
+                if let Some(c) = &m.content {
+                    content_text(c, &mut all);
+                }
+                tokens = tokens
+                    .saturating_add(text::estimate_tokens(&all[start..]))
+                    .saturating_add(text::CHAT_MESSAGE_OVERHEAD);
+                all.push('\n');
+            }
+            vec![Prompt {
+                hash: text::hash_bytes(seed, all.as_bytes()),
+                tokens,
+            }]
+        }
+        Kind::Completion => {
+            let Some(p) = &req.prompt else {
+                return vllm_error(
+                    StatusCode::BAD_REQUEST,
+                    "Field required: prompt",
+                    "Bad Request",
+                    None,
+                );
+            };
+            match completion_prompts(p, seed) {
+                Ok(v) => v,
+                Err(msg) => return bad_request(msg),
+            }
+        }
+    };
+    let prompt_tokens: u32 = prompts
+        .iter()
+        .map(|p| p.tokens)
+        .fold(0, u32::saturating_add);
+    let longest_prompt = prompts.iter().map(|p| p.tokens).max().unwrap_or(0);
+    let limit = cfg.max_model_len;
+    let requested = longest_prompt.saturating_add(max_tokens.unwrap_or(0));
+    if longest_prompt >= limit || requested > limit {
+        let msg = format!(
+            "This model's maximum context length is {limit} tokens. However, you requested {requested} tokens ({longest_prompt} in the messages, {} in the completion). Please reduce the length of the messages or completion.",
+            max_tokens.unwrap_or(0)
+        );
+        return bad_request(&msg);
+    }
+
+    // Behaviour of this request.
+    let mut b = Behavior::parse(&headers);
+    let ticket = sim.counter.fetch_add(1, Ordering::Relaxed);
+    if cfg.error_ratio > 0.0
+        && text::unit_f64(text::mix64(cfg.seed ^ ticket.wrapping_mul(2))) < cfg.error_ratio
+    {
+        b.error = true;
+    }
+    if cfg.refusal_ratio > 0.0
+        && text::unit_f64(text::mix64(
+            cfg.seed ^ ticket.wrapping_mul(2).wrapping_add(1),
+        )) < cfg.refusal_ratio
+    {
+        b.refuse = true;
+    }
+    if b.unauthorized {
+        return unauthorized();
+    }
+    if b.error_empty {
+        engine.metrics.add_error();
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    if b.error_flat {
+        engine.metrics.add_error();
+        let body = wire::flat_error_body("Internal server error", "InternalServerError", 500);
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, body);
+    }
+    if b.error {
+        engine.metrics.add_error();
+        return vllm_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal server error",
+            "InternalServerError",
+            None,
+        );
+    }
+
+    // Output plan.
+    let target =
+        header_parse::<u32>(&headers, "x-sim-output-tokens").unwrap_or(cfg.max_tokens_default);
+    let mut choices = Vec::with_capacity(prompts.len() * n as usize);
+    for (pi, p) in prompts.iter().enumerate() {
+        for i in 0..n {
+            let index = u32::try_from(pi)
+                .unwrap_or(0)
+                .saturating_mul(n)
+                .saturating_add(i);
+            let h = text::mix64(p.hash ^ u64::from(i).wrapping_mul(0x9E37));
+            let mut tokens = Vec::new();
+            if b.refuse {
+                text::split_tokens(text::refusal_text(h), &mut tokens);
+            } else {
+                text::word_tokens(h, target as usize, &mut tokens);
+                if kind == Kind::Chat
+                    && let Some(first) = tokens.first_mut()
+                {
+                    *first = first.trim_start();
+                }
+            }
+            let want = tokens.len();
+            let mut finish = if b.length {
+                Finish::Length
+            } else {
+                Finish::Stop
+            };
+            if let Some(m) = max_tokens
+                && (m as usize) < want
+            {
+                tokens.truncate(m as usize);
+                finish = Finish::Length;
+            }
+            choices.push(ChoicePlan {
+                index,
+                tokens,
+                finish,
+            });
+        }
+    }
+    let mut ttft_ms = header_parse::<u64>(&headers, "x-sim-ttft-ms").unwrap_or(cfg.ttft_ms);
+    if b.slow {
+        ttft_ms = ttft_ms.saturating_mul(10).max(500);
+    }
+    let tps =
+        header_parse::<f64>(&headers, "x-sim-tokens-per-second").unwrap_or(cfg.tokens_per_second);
+    let base_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let id = match kind {
+        Kind::Chat => format!("chatcmpl-{base_id}"),
+        Kind::Completion => format!("cmpl-{base_id}"),
+    };
+    let (include_usage, continuous_usage) = match &req.stream_options {
+        Some(o) => {
+            let inc = o.include_usage.unwrap_or(true);
+            (inc, inc && o.continuous_usage_stats.unwrap_or(false))
+        }
+        None => (false, false),
+    };
+    let plan = Plan {
+        kind,
+        id,
+        created: unix_now(),
+        model,
+        engine,
+        prompt_tokens,
+        choices,
+        n,
+        include_usage,
+        continuous_usage,
+        prefill: Duration::from_millis(ttft_ms),
+        tokens_per_second: if tps.is_finite() && tps > 0.0 {
+            tps
+        } else {
+            0.0
+        },
+        midstream_error: b.error_midstream,
+        params_max_tokens: max_tokens.unwrap_or(limit.saturating_sub(longest_prompt)),
+    };
+    let instant = plan.prefill.is_zero() && plan.tokens_per_second == 0.0;
+
+    if !stream {
+        let mut out = Out::collect(plan.choices.len());
+        return match run(&plan, &mut out, arrival).await {
+            Ok(()) if plan.midstream_error => vllm_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error",
+                "InternalServerError",
+                None,
+            ),
+            Ok(()) => {
+                let finals: Vec<FinalChoice> = plan
+                    .choices
+                    .iter()
+                    .zip(out.texts)
+                    .map(|(c, text)| FinalChoice {
+                        index: c.index,
+                        text,
+                        finish_reason: c.finish.as_str(),
+                    })
+                    .collect();
+                let usage = Usage {
+                    prompt: plan.prompt_tokens,
+                    completion: total_tokens(&plan),
+                };
+                json_response(
+                    StatusCode::OK,
+                    wire::full_response(
+                        plan.kind,
+                        &plan.id,
+                        plan.created,
+                        &plan.model,
+                        &finals,
+                        usage,
+                    ),
+                )
+            }
+            Err(Aborted) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+    }
+    if instant {
+        let mut out = Out::buffer();
+        // Cannot be aborted except by dropping this future.
+        let _ = run(&plan, &mut out, arrival).await;
+        return sse_response(Body::from(out.buf));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut out = Out::channel(tx);
+        let _ = run(&plan, &mut out, arrival).await;
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = futures_util::StreamExt::map(stream, Ok::<Bytes, Infallible>);
+    sse_response(Body::from_stream(stream))
+}
+
+fn total_tokens(plan: &Plan) -> u32 {
+    plan.choices
+        .iter()
+        .map(|c| u32::try_from(c.tokens.len()).unwrap_or(u32::MAX))
+        .fold(0, u32::saturating_add)
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    r
+}
+
+/// The client went away.
+#[derive(Debug)]
+struct Aborted;
+
+/// Where generated output goes: an SSE channel, an SSE buffer, or plain texts.
+struct Out {
+    tx: Option<mpsc::Sender<Bytes>>,
+    buf: Vec<u8>,
+    texts: Vec<String>,
+    sse: bool,
+}
+
+impl Out {
+    fn channel(tx: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            tx: Some(tx),
+            buf: Vec::with_capacity(1024),
+            texts: Vec::new(),
+            sse: true,
+        }
+    }
+    fn buffer() -> Self {
+        Self {
+            tx: None,
+            buf: Vec::with_capacity(8 * 1024),
+            texts: Vec::new(),
+            sse: true,
+        }
+    }
+    fn collect(n: usize) -> Self {
+        Self {
+            tx: None,
+            buf: Vec::new(),
+            texts: vec![String::new(); n],
+            sse: false,
+        }
+    }
+
+    /// Run `f` unless the client disconnects first.
+    async fn guard<F: Future>(&self, f: F) -> Result<F::Output, Aborted> {
+        match &self.tx {
+            Some(tx) => tokio::select! {
+                v = f => Ok(v),
+                () = tx.closed() => Err(Aborted),
+            },
+            None => Ok(f.await),
+        }
+    }
+
+    /// Send what was written so far (channel mode).
+    async fn flush(&mut self) -> Result<(), Aborted> {
+        if let Some(tx) = &self.tx
+            && !self.buf.is_empty()
+        {
+            let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(1024)));
+            tx.send(chunk).await.map_err(|_| Aborted)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts the abort when a request ends without finishing (client gone).
+struct AbortTracker<'a> {
+    metrics: &'a ModelMetrics,
+    done: bool,
+}
+
+impl Drop for AbortTracker<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Like vLLM V1: no request_success{abort}, no histograms; prompt tokens already counted.
+            self.metrics.add_abort();
+        }
+    }
+}
+
+/// Tokens emitted per engine step: one, or a batch at high rates (≥ 5 ms per step).
+fn tokens_per_step(tps: f64) -> usize {
+    if tps <= 0.0 {
+        return 1;
+    }
+    let k = (tps * 0.005).ceil();
+    if k < 1.0 {
+        1
+    } else if k > 1024.0 {
+        1024
+    } else {
+        k as usize
+    }
+}
+
+/// The generation loop: queue → prefill → decode steps → usage → `[DONE]`.
+async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<(), Aborted> {
+    let engine = &plan.engine;
+    let mut tracker = AbortTracker {
+        metrics: &engine.metrics,
+        done: false,
+    };
+    let mut running: Running = out
+        .guard(engine.admit(u64::from(plan.prompt_tokens)))
+        .await?;
+    let scheduled = Instant::now();
+    engine.metrics.add_prompt_tokens(plan.prompt_tokens);
+    if !plan.prefill.is_zero() {
+        out.guard(tokio::time::sleep_until(scheduled + plan.prefill))
+            .await?;
+    }
+    let first = Instant::now();
+    let writer = out
+        .sse
+        .then(|| ChunkWriter::new(plan.kind, &plan.id, plan.created, &plan.model));
+    let k = tokens_per_step(plan.tokens_per_second);
+    let interval = if plan.tokens_per_second > 0.0 {
+        Duration::from_secs_f64(k as f64 / plan.tokens_per_second)
+    } else {
+        Duration::ZERO
+    };
+    let longest = plan
+        .choices
+        .iter()
+        .map(|c| c.tokens.len())
+        .max()
+        .unwrap_or(0);
+    let steps = longest.div_ceil(k).max(1);
+    let error_step = plan.midstream_error.then(|| steps.saturating_sub(1).min(3));
+    let mut done_tokens = vec![0u32; plan.choices.len()];
+    let mut itl = Histogram::new(metrics::ITL_BUCKETS);
+    let mut last_step = first;
+    let mut text = String::new();
+
+    if let Some(w) = &writer
+        && plan.kind == Kind::Chat
+    {
+        for c in &plan.choices {
+            let usage = plan.continuous_usage.then_some(Usage {
+                prompt: plan.prompt_tokens,
+                completion: 0,
+            });
+            w.role(&mut out.buf, c.index, usage);
+        }
+    }
+    for step in 0..steps {
+        if step > 0 && !interval.is_zero() {
+            let deadline = first + interval.saturating_mul(u32::try_from(step).unwrap_or(u32::MAX));
+            out.guard(tokio::time::sleep_until(deadline)).await?;
+        }
+        if step > 0 {
+            let now = Instant::now();
+            itl.observe(now.duration_since(last_step).as_secs_f64());
+            last_step = now;
+        }
+        if error_step == Some(step) {
+            if out.sse {
+                out.buf.extend_from_slice(wire::MIDSTREAM_ERROR);
+                out.buf.extend_from_slice(wire::DONE);
+                out.flush().await?;
+            }
+            engine.metrics.add_error();
+            tracker.done = true;
+            return Ok(());
+        }
+        let start = step * k;
+        let emitting: usize = plan
+            .choices
+            .iter()
+            .map(|c| c.tokens.len().min(start + k).saturating_sub(start))
+            .sum();
+        if !running.grow(emitting as u64) {
+            running = out.guard(running.preempt(emitting as u64)).await?;
+        }
+        for (ci, c) in plan.choices.iter().enumerate() {
+            let len = c.tokens.len();
+            if start >= len && !(start == 0 && len == 0) {
+                continue;
+            }
+            let end = len.min(start + k);
+            text.clear();
+            for t in &c.tokens[start..end] {
+                text.push_str(t);
+            }
+            done_tokens[ci] += u32::try_from(end - start).unwrap_or(0);
+            let finish = (end == len).then(|| c.finish.as_str());
+            match &writer {
+                Some(w) => {
+                    let usage = plan.continuous_usage.then_some(Usage {
+                        prompt: plan.prompt_tokens,
+                        completion: done_tokens[ci],
+                    });
+                    w.content(&mut out.buf, c.index, &text, finish, usage);
+                }
+                None => out.texts[ci].push_str(&text),
+            }
+        }
+        engine
+            .metrics
+            .add_generation_tokens(u32::try_from(emitting).unwrap_or(u32::MAX));
+        out.flush().await?;
+    }
+    let completion = total_tokens(plan);
+    if let Some(w) = &writer {
+        if plan.include_usage {
+            w.usage(
+                &mut out.buf,
+                Usage {
+                    prompt: plan.prompt_tokens,
+                    completion,
+                },
+            );
+        }
+        out.buf.extend_from_slice(wire::DONE);
+        out.flush().await?;
+    }
+    let end = Instant::now();
+    drop(running);
+    let finished = FinishedRequest {
+        finish: plan.choices.first().map_or(Finish::Stop, |c| c.finish),
+        ttft_s: first.duration_since(arrival).as_secs_f64(),
+        e2e_s: end.duration_since(arrival).as_secs_f64(),
+        queue_s: scheduled.duration_since(arrival).as_secs_f64(),
+        prefill_s: first.duration_since(scheduled).as_secs_f64(),
+        decode_s: end.duration_since(first).as_secs_f64(),
+        prompt_tokens: plan.prompt_tokens,
+        generation_tokens: completion,
+        max_choice_tokens: done_tokens.iter().copied().max().unwrap_or(0),
+        params_max_tokens: plan.params_max_tokens,
+        n: plan.n,
+    };
+    engine.metrics.finish(&finished, &itl);
+    tracker.done = true;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Embeddings
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    #[serde(default)]
+    model: Option<String>,
+    input: serde_json::Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// Default embedding width.
+const EMBEDDING_DIM: usize = 384;
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let b = [
+            c[0],
+            c.get(1).copied().unwrap_or(0),
+            c.get(2).copied().unwrap_or(0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(char::from(T[(v >> 18) as usize & 63]));
+        out.push(char::from(T[(v >> 12) as usize & 63]));
+        out.push(if c.len() > 1 {
+            char::from(T[(v >> 6) as usize & 63])
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            char::from(T[v as usize & 63])
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// A deterministic unit vector for `h`.
+fn embedding_vector(h: u64, dim: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(dim);
+    let mut s = h;
+    for _ in 0..dim {
+        s = text::mix64(s);
+        v.push((text::unit_f64(s) * 2.0 - 1.0) as f32);
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in &mut v {
+            *x /= norm;
+        }
+    }
+    v
+}
+
+async fn embeddings(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let req: EmbeddingRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return vllm_error(
+                StatusCode::BAD_REQUEST,
+                &format!("JSON decode error: {e}"),
+                "Bad Request",
+                None,
+            );
+        }
+    };
+    let model = req.model.unwrap_or_else(|| sim.cfg.models[0].clone());
+    let Some(engine) = sim.engine(&model) else {
+        let msg = format!("The model `{model}` does not exist.");
+        return vllm_error(StatusCode::NOT_FOUND, &msg, "NotFoundError", Some("model"));
+    };
+    let prompts = match completion_prompts(&req.input, sim.cfg.seed) {
+        Ok(p) => p,
+        Err(msg) => return bad_request(msg),
+    };
+    let dim = req.dimensions.unwrap_or(EMBEDDING_DIM).clamp(1, 8192);
+    let b64 = req.encoding_format.as_deref() == Some("base64");
+    let prompt_tokens: u32 = prompts
+        .iter()
+        .map(|p| p.tokens)
+        .fold(0, u32::saturating_add);
+    engine.metrics.add_prompt_tokens(prompt_tokens);
+    let mut out = Vec::with_capacity(64 + prompts.len() * dim * 12);
+    out.extend_from_slice(b"{\"id\":");
+    wire::json_str(&mut out, &format!("embd-{}", uuid::Uuid::new_v4().simple()));
+    out.extend_from_slice(
+        format!(",\"object\":\"list\",\"created\":{},\"model\":", unix_now()).as_bytes(),
+    );
+    wire::json_str(&mut out, &model);
+    out.extend_from_slice(b",\"data\":[");
+    for (i, p) in prompts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(
+            format!("{{\"index\":{i},\"object\":\"embedding\",\"embedding\":").as_bytes(),
+        );
+        let v = embedding_vector(p.hash, dim);
+        if b64 {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            wire::json_str(&mut out, &base64(&bytes));
+        } else {
+            let wide: Vec<f64> = v.iter().map(|x| f64::from(*x)).collect();
+            let _ = serde_json::to_writer(&mut out, &wide);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"usage\":");
+    Usage {
+        prompt: prompt_tokens,
+        completion: 0,
+    }
+    .write_full(&mut out);
+    out.push(b'}');
+    json_response(StatusCode::OK, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_table() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn tokens_per_step_table() {
+        for (tps, k) in [(0.0, 1), (50.0, 1), (200.0, 1), (1000.0, 5), (1e9, 1024)] {
+            assert_eq!(tokens_per_step(tps), k, "{tps}");
+        }
+    }
+
+    #[test]
+    fn behavior_parse_list() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-sim-behavior",
+            HeaderValue::from_static("refuse, Slow,unknown"),
+        );
+        let b = Behavior::parse(&h);
+        assert!(b.refuse && b.slow && !b.error);
+    }
+
+    #[test]
+    fn completion_prompt_shapes() {
+        let p = completion_prompts(&serde_json::json!("abcdefgh"), 1).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].tokens, 3);
+        let p = completion_prompts(&serde_json::json!(["a", "b"]), 1).unwrap();
+        assert_eq!(p.len(), 2);
+        let p = completion_prompts(&serde_json::json!([1, 2, 3]), 1).unwrap();
+        assert_eq!((p.len(), p[0].tokens), (1, 3));
+        let p = completion_prompts(&serde_json::json!([[1, 2], [3]]), 1).unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(completion_prompts(&serde_json::json!(5), 1).is_err());
+        assert!(completion_prompts(&serde_json::json!([]), 1).is_err());
+    }
+
+    #[test]
+    fn embedding_is_unit_and_deterministic() {
+        let a = embedding_vector(5, 16);
+        assert_eq!(a, embedding_vector(5, 16));
+        let n: f32 = a.iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-4);
+    }
+}
