@@ -780,12 +780,12 @@ impl Drop for AbortTracker<'_> {
     }
 }
 
-/// Tokens emitted per engine step: one, or a batch at high rates (≥ 5 ms per step).
+/// Tokens emitted per engine step: one, or a batch above 1000 tokens/s (timers tick in ms).
 fn tokens_per_step(tps: f64) -> usize {
     if tps <= 0.0 {
         return 1;
     }
-    let k = (tps * 0.005).ceil();
+    let k = (tps / 1000.0).ceil();
     if k < 1.0 {
         1
     } else if k > 1024.0 {
@@ -1078,7 +1078,14 @@ mod tests {
 
     #[test]
     fn tokens_per_step_table() {
-        for (tps, k) in [(0.0, 1), (50.0, 1), (200.0, 1), (1000.0, 5), (1e9, 1024)] {
+        for (tps, k) in [
+            (0.0, 1),
+            (50.0, 1),
+            (1000.0, 1),
+            (1001.0, 2),
+            (5000.0, 5),
+            (1e9, 1024),
+        ] {
             assert_eq!(tokens_per_step(tps), k, "{tps}");
         }
     }

@@ -1,0 +1,419 @@
+//! /metrics exposition, queueing, KV cache, aborts and shutdown of vllm-sim.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Sim, client, get, metric, post};
+use futures_util::StreamExt;
+
+const CHAT: &str = "/v1/chat/completions";
+const L: &str = "{model_name=\"sim-model\",engine=\"0\"}";
+
+fn series(name: &str) -> String {
+    format!("{name}{L}")
+}
+
+async fn scrape(c: &reqwest::Client, sim: &Sim) -> String {
+    get(c, &sim.url("/metrics")).await.2
+}
+
+/// Poll /metrics until `pred` holds (bounded).
+async fn wait_for(
+    c: &reqwest::Client,
+    sim: &Sim,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = scrape(c, sim).await;
+        if pred(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last page:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_names_types_labels_buckets() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "5",
+        "--tokens-per-second",
+        "1000",
+        "--max-tokens-default",
+        "6",
+    ]);
+    let c = client();
+    let r = c.get(sim.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let (s, _, _) = post(
+        &c,
+        &sim.url(CHAT),
+        r#"{"messages":[{"role":"user","content":"hello world"}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let page = scrape(&c, &sim).await;
+    for (name, kind) in [
+        ("vllm:num_requests_running", "gauge"),
+        ("vllm:num_requests_waiting", "gauge"),
+        ("vllm:kv_cache_usage_perc", "gauge"),
+        ("vllm:num_preemptions_total", "counter"),
+        ("vllm:prompt_tokens_total", "counter"),
+        ("vllm:generation_tokens_total", "counter"),
+        ("vllm:request_success_total", "counter"),
+        ("vllm:prefix_cache_queries_total", "counter"),
+        ("vllm:prefix_cache_hits_total", "counter"),
+        ("vllm:time_to_first_token_seconds", "histogram"),
+        ("vllm:inter_token_latency_seconds", "histogram"),
+        ("vllm:request_time_per_output_token_seconds", "histogram"),
+        ("vllm:e2e_request_latency_seconds", "histogram"),
+        ("vllm:request_queue_time_seconds", "histogram"),
+        ("vllm:request_inference_time_seconds", "histogram"),
+        ("vllm:request_prefill_time_seconds", "histogram"),
+        ("vllm:request_decode_time_seconds", "histogram"),
+        ("vllm:request_prompt_tokens", "histogram"),
+        ("vllm:request_generation_tokens", "histogram"),
+        ("vllm:request_params_n", "histogram"),
+        ("vllm:request_params_max_tokens", "histogram"),
+        ("vllm_sim_aborted_requests_total", "counter"),
+    ] {
+        assert!(
+            page.contains(&format!("\n# TYPE {name} {kind}\n")),
+            "missing TYPE of {name}\n{page}"
+        );
+    }
+    // Every sample line: name{labels} float, labels model_name then engine.
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{line}");
+        assert!(
+            value.contains('.') || value.contains('e') || value.contains("Inf"),
+            "python float: {line}"
+        );
+        assert!(
+            series.contains("{model_name=\"sim-model\",engine=\"0\""),
+            "{line}"
+        );
+    }
+    let les = |name: &str| -> Vec<String> {
+        page.lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+            .map(|l| {
+                l.split("le=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        les("vllm:time_to_first_token_seconds").join(","),
+        "0.001,0.005,0.01,0.02,0.04,0.06,0.08,0.1,0.25,0.5,0.75,1.0,2.5,5.0,7.5,10.0,20.0,40.0,80.0,160.0,640.0,2560.0,+Inf"
+    );
+    assert_eq!(
+        les("vllm:inter_token_latency_seconds").join(","),
+        "0.01,0.025,0.05,0.075,0.1,0.15,0.2,0.3,0.4,0.5,0.75,1.0,2.5,5.0,7.5,10.0,20.0,40.0,80.0,+Inf"
+    );
+    assert_eq!(
+        les("vllm:e2e_request_latency_seconds").join(","),
+        "0.3,0.5,0.8,1.0,1.5,2.0,2.5,5.0,10.0,15.0,20.0,30.0,40.0,50.0,60.0,120.0,240.0,480.0,960.0,1920.0,7680.0,+Inf"
+    );
+    assert_eq!(
+        les("vllm:request_queue_time_seconds"),
+        les("vllm:e2e_request_latency_seconds")
+    );
+    assert_eq!(
+        les("vllm:request_prompt_tokens").join(","),
+        "1.0,2.0,5.0,10.0,20.0,50.0,100.0,200.0,500.0,1000.0,2000.0,5000.0,10000.0,20000.0,+Inf"
+    );
+    assert_eq!(
+        les("vllm:request_params_n").join(","),
+        "1.0,2.0,5.0,10.0,20.0,+Inf"
+    );
+    // Values after one request of 6 tokens.
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"stop\"}"
+        ),
+        Some(1.0)
+    );
+    for reason in ["length", "abort", "error", "repetition"] {
+        let s = format!(
+            "vllm:request_success_total{{model_name=\"sim-model\",engine=\"0\",finished_reason=\"{reason}\"}}"
+        );
+        assert_eq!(metric(&page, &s), Some(0.0), "{s}");
+    }
+    assert_eq!(
+        metric(&page, &series("vllm:generation_tokens_total")),
+        Some(6.0)
+    );
+    assert!(metric(&page, &series("vllm:prompt_tokens_total")).unwrap() >= 5.0);
+    assert_eq!(
+        metric(&page, &series("vllm:e2e_request_latency_seconds_count")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:time_to_first_token_seconds_count")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:inter_token_latency_seconds_count")),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:request_generation_tokens_sum")),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:num_requests_running")),
+        Some(0.0)
+    );
+    let ttft_sum = metric(&page, &series("vllm:time_to_first_token_seconds_sum")).unwrap();
+    assert!(ttft_sum >= 0.005, "ttft {ttft_sum}");
+    // Errors count as finished_reason="error".
+    let (s, _, _) = post(
+        &c,
+        &sim.url(CHAT),
+        r#"{"messages":[{"role":"user","content":"x"}]}"#,
+        &[("x-sim-behavior", "error")],
+    )
+    .await;
+    assert_eq!(s, 500);
+    let page = scrape(&c, &sim).await;
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"error\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn max_concurrency_queues_the_rest() {
+    let sim = Sim::start(&[
+        "--max-concurrency",
+        "1",
+        "--ttft-ms",
+        "300",
+        "--tokens-per-second",
+        "0",
+        "--max-tokens-default",
+        "2",
+    ]);
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let c = c.clone();
+        let url = sim.url(CHAT);
+        tasks.push(tokio::spawn(async move {
+            post(
+                &c,
+                &url,
+                r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+                &[],
+            )
+            .await
+            .0
+        }));
+    }
+    let running = series("vllm:num_requests_running");
+    let waiting = series("vllm:num_requests_waiting");
+    wait_for(&c, &sim, "1 running and 2 waiting", |p| {
+        metric(p, &running) == Some(1.0) && metric(p, &waiting) == Some(2.0)
+    })
+    .await;
+    for t in tasks {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .unwrap()
+                .unwrap(),
+            200
+        );
+    }
+    let page = scrape(&c, &sim).await;
+    assert_eq!(metric(&page, &running), Some(0.0));
+    assert_eq!(metric(&page, &waiting), Some(0.0));
+    assert_eq!(
+        metric(&page, &series("vllm:request_queue_time_seconds_count")),
+        Some(3.0)
+    );
+    // Queue times are about 0, 0.3 and 0.6 s.
+    let q = metric(&page, &series("vllm:request_queue_time_seconds_sum")).unwrap();
+    assert!(q >= 0.8, "queue time sum {q}");
+    let ttft_over_half = metric(
+        &page,
+        "vllm:time_to_first_token_seconds_bucket{model_name=\"sim-model\",engine=\"0\",le=\"0.5\"}",
+    )
+    .unwrap();
+    assert!(ttft_over_half <= 2.0, "the third request waited > 0.5 s");
+}
+
+#[tokio::test]
+async fn kv_cache_usage_and_preemption() {
+    // Prompt ~5 tokens each, 60 output tokens each, budget 70 tokens: they cannot all grow.
+    let sim = Sim::start(&[
+        "--kv-cache-tokens",
+        "70",
+        "--ttft-ms",
+        "10",
+        "--tokens-per-second",
+        "200",
+        "--max-tokens-default",
+        "60",
+    ]);
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let c = c.clone();
+        let url = sim.url(CHAT);
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"hi {i}"}}]}}"#);
+            post(&c, &url, &body, &[]).await
+        }));
+    }
+    let kv = series("vllm:kv_cache_usage_perc");
+    wait_for(&c, &sim, "kv usage > 0.3", |p| {
+        metric(p, &kv).unwrap_or(0.0) > 0.3
+    })
+    .await;
+    for t in tasks {
+        let (s, _, body) = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, 200);
+        assert!(body.contains("\"completion_tokens\":60"), "{body}");
+    }
+    let page = scrape(&c, &sim).await;
+    assert!(
+        metric(&page, &series("vllm:num_preemptions_total")).unwrap() >= 1.0,
+        "{page}"
+    );
+    assert_eq!(metric(&page, &kv), Some(0.0));
+}
+
+#[tokio::test]
+async fn client_disconnect_aborts() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "10",
+        "--tokens-per-second",
+        "20",
+        "--max-tokens-default",
+        "200",
+    ]);
+    let c = client();
+    let r = c
+        .post(sim.url(CHAT))
+        .header("content-type", "application/json")
+        .body(r#"{"messages":[{"role":"user","content":"tell me everything"}],"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with(b"data: "));
+    let running = series("vllm:num_requests_running");
+    assert_eq!(metric(&scrape(&c, &sim).await, &running), Some(1.0));
+    drop(body);
+    let aborted = series("vllm_sim_aborted_requests_total");
+    let page = wait_for(&c, &sim, "abort", |p| {
+        metric(p, &aborted) == Some(1.0) && metric(p, &running) == Some(0.0)
+    })
+    .await;
+    // vLLM V1 does not record aborts in request_success nor the histograms ...
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"abort\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:e2e_request_latency_seconds_count")),
+        Some(0.0)
+    );
+    // ... but the prefill was counted.
+    assert!(metric(&page, &series("vllm:prompt_tokens_total")).unwrap() > 0.0);
+    // The generation really stopped.
+    let g1 = metric(&page, &series("vllm:generation_tokens_total")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let g2 = metric(
+        &scrape(&c, &sim).await,
+        &series("vllm:generation_tokens_total"),
+    )
+    .unwrap();
+    assert_eq!(g1, g2);
+    assert!(g1 < 200.0);
+
+    // A non-streaming request cut by the client is aborted too.
+    let r = tokio::time::timeout(
+        Duration::from_millis(300),
+        c.post(sim.url(CHAT))
+            .body(r#"{"messages":[{"role":"user","content":"x"}]}"#)
+            .send(),
+    )
+    .await;
+    assert!(r.is_err(), "should still be generating");
+    wait_for(&c, &sim, "second abort", |p| {
+        metric(p, &aborted) == Some(2.0) && metric(p, &running) == Some(0.0)
+    })
+    .await;
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let mut sim = Sim::start(&[]);
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &sim.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = sim
+        .wait_exit(Duration::from_secs(10))
+        .expect("vllm-sim did not exit on SIGTERM");
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        sim.stderr.lock().unwrap()
+    );
+}
+
+#[test]
+fn env_vars_configure_flags() {
+    let bin = env!("CARGO_BIN_EXE_vllm-sim");
+    let out = std::process::Command::new(bin)
+        .env("VLLM_SIM_ERROR_RATIO", "1.5")
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--error-ratio must be between 0 and 1"),
+        "{err}"
+    );
+}
