@@ -19,7 +19,8 @@ Checks, per dashboard:
               grafana_dashboard label
 and once: alert-panels.json points at existing panels whose thresholds match (and at alerts
 that exist in logql-rules/ when it exists), every dashboard_url in logql-rules/ points at an
-existing panel, the provisioning files, the gateway/log-shipper sources name the metrics.
+existing panel, the provisioning files, the gateway/log-shipper sources name the metrics,
+and a few panel expressions give the expected values on synthetic series (promtool test).
 
 `--self-test` first feeds the lint small broken dashboards and checks it reports each defect.
 Prints one line per check and ends with `N passed, M failed`; exit 1 on any failure.
@@ -660,6 +661,118 @@ def check_sources_name_metrics(known: set[str]) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------------------
+# Semantic checks: evaluate a few panel expressions on synthetic series with promtool
+
+GW = 'route="/v1/chat/completions", model="m", tenant="t"'
+SEMANTIC: list[Json] = [
+    {
+        "name": "gateway refusal rate (metrics) = refusals / requests",
+        "panel": ("llm-gateway", 501, "A"),
+        "series": [
+            (f'llm_gateway_requests_total{{{GW}, status="200", finish_reason="stop"}}', "0+60x20"),
+            ('llm_gateway_refusals_total{model="m", tenant="t"}', "0+15x20"),
+        ],
+        "expect": [("{}", 0.25)],
+    },
+    {
+        "name": "gateway error ratio counts 5xx and mid-stream errors once each",
+        "panel": ("llm-gateway", 204, "A"),
+        "series": [
+            (f'llm_gateway_requests_total{{{GW}, status="200", finish_reason="stop"}}', "0+50x20"),
+            (f'llm_gateway_requests_total{{{GW}, status="502", finish_reason="none"}}', "0+10x20"),
+            (f'llm_gateway_requests_total{{{GW}, status="200", finish_reason="error"}}', "0+10x20"),
+            (f'llm_gateway_requests_total{{{GW}, status="500", finish_reason="error"}}', "0+10x20"),
+            ('llm_gateway_requests_total{route="/v1/chat/completions", model="ok", tenant="t", '
+             'status="200", finish_reason="stop"}', "0+60x20"),
+        ],
+        "expect": [('{model="m"}', 0.375), ('{model="ok"}', 0.0)],
+    },
+    {
+        "name": "vLLM error ratio by model, 0 for a model without errors",
+        "panel": ("vllm", 302, "A"),
+        "series": [
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="m", finished_reason="stop"}', "0+90x20"),
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="m", finished_reason="error"}', "0+10x20"),
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="ok", finished_reason="stop"}', "0+10x20"),
+        ],
+        "expect": [('{model_name="m"}', 0.1), ('{model_name="ok"}', 0.0)],
+    },
+    {
+        "name": "DCGM memory ratio with and without FB_RESERVED",
+        "panel": ("vllm", 404, "A"),
+        "series": [
+            ('DCGM_FI_DEV_FB_USED{gpu="0", UUID="GPU-0"}', "30x20"),
+            ('DCGM_FI_DEV_FB_FREE{gpu="0", UUID="GPU-0"}', "10x20"),
+            ('DCGM_FI_DEV_FB_RESERVED{gpu="0", UUID="GPU-0"}', "10x20"),
+            ('DCGM_FI_DEV_FB_USED{gpu="1", UUID="GPU-1"}', "30x20"),
+            ('DCGM_FI_DEV_FB_FREE{gpu="1", UUID="GPU-1"}', "10x20"),
+        ],
+        "expect": [('{gpu="0", UUID="GPU-0"}', 0.6), ('{gpu="1", UUID="GPU-1"}', 0.75)],
+    },
+    {
+        "name": "Triton queue time per request in seconds",
+        "panel": ("triton", 301, "A"),
+        "series": [
+            ('nv_inference_queue_duration_us{model="m", version="1", instance="t"}', "0+120000000x20"),
+            ('nv_inference_request_success{model="m", version="1", instance="t"}', "0+60x20"),
+        ],
+        "expect": [('{model="m"}', 2.0)],
+    },
+    {
+        "name": "vLLM p95 latency from buckets",
+        "panel": ("vllm", 201, "B"),
+        "series": [
+            ('vllm:e2e_request_latency_seconds_bucket{job="vllm", instance="a", model_name="m", le="5.0"}', "0+50x20"),
+            ('vllm:e2e_request_latency_seconds_bucket{job="vllm", instance="a", model_name="m", le="10.0"}', "0+100x20"),
+            ('vllm:e2e_request_latency_seconds_bucket{job="vllm", instance="a", model_name="m", le="+Inf"}', "0+100x20"),
+        ],
+        "expect": [("{}", 9.5)],
+    },
+]
+
+
+def panel_expr(dashboards: dict[str, Json], uid: str, pid: int, ref: str) -> str | None:
+    for p in all_panels(dashboards.get(uid, {})):
+        if p.get("id") == pid:
+            for t in p.get("targets", []):
+                if t.get("refId") == ref:
+                    return t.get("expr")
+    return None
+
+
+def check_semantic(dashboards: dict[str, Json], case: Json) -> list[str]:
+    expr = panel_expr(dashboards, *case["panel"])
+    if expr is None:
+        return [f"no target {case['panel']}"]
+    promtool = shutil.which("promtool")
+    if not promtool:
+        return ["promtool not installed (apt-get install prometheus)"]
+    test = {
+        "rule_files": ["empty.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in case["series"]],
+            "promql_expr_test": [{
+                # Rounded to 1e-3: promtool compares floats exactly.
+                "expr": f"round({substitute(expr)}, 0.001)",
+                "eval_time": "10m",
+                "exp_samples": [{"labels": lab, "value": val} for lab, val in case["expect"]],
+            }],
+        }],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        (pathlib.Path(tmp) / "empty.yml").write_text("groups: []\n")
+        path = pathlib.Path(tmp) / "test.yml"
+        path.write_text(yaml.safe_dump(test, width=1 << 20))
+        r = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True,
+                           timeout=60, cwd=tmp)
+    if r.returncode != 0:
+        return [(r.stdout + r.stderr).strip().replace(tmp, ".")[-800:]]
+    return []
+
+
+# --------------------------------------------------------------------------------------
 # Self-tests: the lint must catch each defect
 
 
@@ -771,6 +884,10 @@ def run_self_tests(report: Report, known: set[str]) -> None:
     report.check("self-test: alert map catches a missing threshold and alert",
                  [] if any("threshold 0.2" in e for e in errs) and any("no such alert" in e for e in errs)
                  else [f"got {errs}"])
+    wrong = dict(SEMANTIC[0], expect=[("{}", 0.5)])
+    errs = check_semantic({"llm-gateway": json.loads((HERE / "llm-gateway.json").read_text())}, wrong)
+    report.check("self-test: a wrong expected value fails the value check",
+                 [] if errs and "2.5E-01" in errs[0] else [f"got {errs}"])
     bad_cm = "kind: ConfigMap\nmetadata:\n  labels: {}\ndata:\n  selftest.json: '{}'\n"
     errs = check_configmap("selftest", g, bad_cm)
     report.check("self-test: ConfigMap drift and missing label",
@@ -824,6 +941,8 @@ def main(argv: list[str] | None = None) -> int:
     report.check("alert-panels.json: panels, thresholds, alert names",
                  check_alert_map(dashboards, amap, in_rules))
     report.check("logql-rules dashboard_url links point at panels", check_rule_links(dashboards, files))
+    for case in SEMANTIC:
+        report.check(f"values: {case['name']}", check_semantic(dashboards, case))
     report.check("provisioning files", check_provisioning())
     errs, notes = check_sources_name_metrics(known)
     for n in notes:
