@@ -397,6 +397,11 @@ class Board:
                 "url": f"/d/{self.uid}?viewPanel={pid}",
             }
         if alerts:
+            # Panel → alert: Grafana's alert list (it also shows datasource-managed rules).
+            panel["links"] = [
+                {"title": f"Alert rule {n}", "url": f"/alerting/list?search={n}"}
+                for n, _ in alerts
+            ]
             names = ", ".join(f"{n} (threshold {v:g})" if v is not None else n for n, v in alerts)
             sep = " " if panel.get("description") else ""
             panel["description"] = f"{panel.get('description', '')}{sep}Alerts linked here: {names}."

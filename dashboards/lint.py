@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import yaml
@@ -87,7 +86,6 @@ Json = dict[str, Any]
 class Report:
     passed: int = 0
     failed: int = 0
-    lines: list[str] = field(default_factory=list)
 
     def check(self, name: str, errors: list[str]) -> bool:
         if errors:
@@ -528,6 +526,9 @@ def lint_dashboards(dashboards: dict[str, Json], known: set[str],
 def check_configmap(name: str, d: Json, text: str | None) -> list[str]:
     if text is None:
         return [f"no ConfigMap {K8S_DIR.relative_to(REPO)}/{name}.yaml"]
+    if len(text.encode()) > 256 * 1024:
+        # kubectl apply (client-side) copies the object into an annotation capped at 256 KiB.
+        return [f"ConfigMap is {len(text.encode())} bytes, over the 256 KiB kubectl apply limit"]
     try:
         cm = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -914,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             dashboards[n] = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             report.check(f"{n}: json", [f"{path.name}: {e}"])
-    extra = sorted(p.stem for p in HERE.glob("*.json")) 
+    extra = sorted(p.stem for p in HERE.glob("*.json"))
     unexpected = [x for x in extra if x not in DASHBOARDS and x != "alert-panels"]
     report.check("dashboards/*.json are the known dashboards",
                  [f"unexpected {x}.json (add it to DASHBOARDS)" for x in unexpected])
