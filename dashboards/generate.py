@@ -557,7 +557,10 @@ T_SHIPPER_LAG = 60.0  # LogShipperLagGrowing: seconds (and growing)
 T_SHIPPER_FAILING = 0.5  # LogShipperPushFailing: failed batch share
 
 # The LogQL refusal alert(s) in logql-rules/loki/ shown by the Loki refusal panel.
-LOKI_REFUSAL_ALERTS: list[tuple[str, float | None]] = []
+LOKI_REFUSAL_ALERTS: list[tuple[str, float | None]] = [("GatewayEventsRefusalRateHigh", T_REFUSAL)]
+T_EV_ERRORS = 0.05  # GatewayEventsErrorRateHigh: level=error share of events
+T_EV_P95_MS = 8000.0  # GatewayEventsP95LatencyHigh: p95 latency_ms of completions
+T_EV_DISCONNECTS = 0.1  # GatewayEventsClientDisconnectsHigh
 
 RI = "$__rate_interval"
 
@@ -615,8 +618,18 @@ def gateway() -> Board:
     def refusal_ratio(by: str = "") -> str:
         return f"{rate('llm_gateway_refusals_total', mt, by)} / ({req(by)} > 0)"
 
-    events = '{app="llm-gateway", event="response", model=~"$model", tenant=~"$tenant"}'
-    refusals = f'{events} | json | refusal="true"'
+    def sel(extra: str = "") -> str:
+        more = f", {extra}" if extra else ""
+        return f'{{app="llm-gateway", event="response"{more}, model=~"$model", tenant=~"$tenant"}}'
+
+    events = sel()
+    # `| json a="a"` extracts only the field a query needs (as the Loki rules do).
+    refusals = f'{events} | json refusal="refusal" | refusal="true"'
+
+    def loki_ratio(num: str, by: str) -> str:
+        """(num or 0 per group) / (all events > 0), per group."""
+        den = f"sum by ({by}) (count_over_time({events} [$__auto]))"
+        return f"(sum by ({by}) (count_over_time({num} [$__auto])) or {den} * 0) / ({den} > 0)"
 
     b.row(100, "Overview")
     b.add(101, stat("Requests / s", [prom(req())], "reqps", "All /v1 requests."), 3, 4)
@@ -936,7 +949,9 @@ def gateway() -> Board:
             "Refusals by reason (Loki events)",
             [
                 loki(
-                    f"sum by (refusal_reason) (count_over_time({refusals} [$__auto]))",
+                    f"sum by (refusal_reason) (count_over_time({events} "
+                    f'| json refusal="refusal", refusal_reason="refusal_reason" | refusal="true" '
+                    "[$__auto]))",
                     "{{refusal_reason}}",
                 )
             ],
@@ -948,6 +963,111 @@ def gateway() -> Board:
         ),
         12,
         8,
+    )
+
+    b.row(900, "Events in Loki")
+    b.add(
+        901,
+        timeseries(
+            "Error events by model (Loki)",
+            [loki(loki_ratio(sel('level="error"'), "model"), "{{model}}")],
+            "percentunit",
+            "Share of response events with level error (5xx or upstream failure).",
+            [("orange", T_EV_ERRORS)],
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsErrorRateHigh", T_EV_ERRORS)],
+    )
+    b.add(
+        902,
+        timeseries(
+            "Completion latency p95 from events (Loki)",
+            [
+                loki(
+                    f"quantile_over_time(0.95, {events} "
+                    '| json latency_ms="latency_ms", route="route" '
+                    '| route=~"/v1/chat/completions|/v1/completions" '
+                    '| unwrap latency_ms | __error__="" [$__auto]) by (model)',
+                    "{{model}}",
+                )
+            ],
+            "ms",
+            "latency_ms of chat and text completion events; compare with the metrics p95.",
+            [("orange", T_EV_P95_MS)],
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsP95LatencyHigh", T_EV_P95_MS)],
+    )
+    b.add(
+        903,
+        timeseries(
+            "Client disconnects by model (Loki)",
+            [
+                loki(
+                    loki_ratio(
+                        f'{events} | json error_type="error_type" | error_type="client_disconnect"',
+                        "model",
+                    ),
+                    "{{model}}",
+                )
+            ],
+            "percentunit",
+            "Share of requests the client abandoned before the response ended.",
+            [("orange", T_EV_DISCONNECTS)],
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsClientDisconnectsHigh", T_EV_DISCONNECTS)],
+    )
+    b.add(
+        904,
+        timeseries(
+            "Refusal rate by tenant (Loki)",
+            [loki(loki_ratio(refusals, "tenant"), "{{tenant}}")],
+            "percentunit",
+            "The tenant spike alert also needs the share to be twice the tenant's last hour.",
+            [("orange", T_REFUSAL)],
+            max_=1,
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsTenantRefusalSpike", T_REFUSAL)],
+    )
+    b.add(
+        905,
+        timeseries(
+            "Response events / s by level (Loki)",
+            [loki(f"sum by (level) (rate({events} [$__auto]))", "{{level}}")],
+            "ops",
+            "No line at all for a while means no traffic, or a broken gateway → shipper → Loki path.",
+            stack=True,
+            overrides=[fixed_color("info", "green"), fixed_color("warn", "orange"),
+                       fixed_color("error", "red")],
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsMissing", None)],
+    )
+    b.add(
+        906,
+        timeseries(
+            "Unparsable lines (Loki)",
+            [
+                loki(
+                    'sum(count_over_time({app="llm-gateway", parse_error="true"} [$__auto]))',
+                    "non-JSON lines",
+                )
+            ],
+            "short",
+            "Lines of the event stream that are not JSON (shipped with parse_error=\"true\").",
+            draw="bars",
+            fill=80,
+        ),
+        8,
+        8,
+        alerts=[("GatewayEventsUnparsable", None)],
     )
 
     b.row(600, "Recent refusals and errors")
