@@ -708,7 +708,7 @@ def gateway() -> Board:
         ),
         3,
         4,
-        alerts=[("GatewayUpstreamDown", 1)],
+        alerts=[("GatewayUpstreamDown", None)],
     )
     b.add(
         108,
@@ -722,7 +722,7 @@ def gateway() -> Board:
         ),
         3,
         4,
-        alerts=[("GatewayDown", 1)],
+        alerts=[("GatewayDown", None)],
     )
 
     b.row(200, "Traffic")
@@ -1205,7 +1205,7 @@ def gateway() -> Board:
         ),
         4,
         4,
-        alerts=[("LogShipperDown", 1)],
+        alerts=[("LogShipperDown", None)],
     )
     b.add(
         807,
@@ -1527,7 +1527,7 @@ def vllm() -> Board:
         ),
         3,
         6,
-        alerts=[("VllmServiceDown", 1), ("VllmModelNotServing", None)],
+        alerts=[("VllmServiceDown", None), ("VllmModelNotServing", None)],
     )
 
     b.row(200, "Latency")

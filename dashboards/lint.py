@@ -561,8 +561,9 @@ def rule_files() -> list[pathlib.Path]:
     return sorted(p for p in base.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
 
 
-def rule_alerts() -> dict[str, pathlib.Path]:
-    out: dict[str, pathlib.Path] = {}
+def rule_alerts() -> dict[str, tuple[pathlib.Path, str]]:
+    """alert name -> (rule file, expr)"""
+    out: dict[str, tuple[pathlib.Path, str]] = {}
     for p in rule_files():
         try:
             docs = list(yaml.safe_load_all(p.read_text()))
@@ -575,12 +576,18 @@ def rule_alerts() -> dict[str, pathlib.Path]:
             for g in groups if isinstance(groups, list) else []:
                 for r in (g or {}).get("rules", []) or []:
                     if isinstance(r, dict) and r.get("alert"):
-                        out[r["alert"]] = p
+                        out[r["alert"]] = (p, str(r.get("expr", "")))
     return out
 
 
+# A literal right of a comparison, not the start of an arithmetic term (`> 1/60`).
+COMPARISON_RE = re.compile(
+    r"(?:[<>]=?|==)\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?![0-9.eE])(?!\s*[/*])"
+)
+
+
 def check_alert_map(dashboards: dict[str, Json], amap: Json,
-                    alerts_in_rules: dict[str, pathlib.Path] | None) -> list[str]:
+                    alerts_in_rules: dict[str, tuple[pathlib.Path, str]] | None) -> list[str]:
     errs = []
     for alert, e in sorted(amap.get("alerts", {}).items()):
         d = dashboards.get(e.get("dashboard_uid"))
@@ -599,8 +606,14 @@ def check_alert_map(dashboards: dict[str, Json], amap: Json,
             errs.append(f"{alert}: threshold {e.get('threshold')} not among panel thresholds {values}")
         if e.get("url") != f"/d/{e['dashboard_uid']}?viewPanel={e['panel_id']}":
             errs.append(f"{alert}: url {e.get('url')} does not match uid and panel id")
-        if alerts_in_rules is not None and alert not in alerts_in_rules:
-            errs.append(f"{alert}: no such alert in logql-rules/")
+        if alerts_in_rules is not None:
+            if alert not in alerts_in_rules:
+                errs.append(f"{alert}: no such alert in logql-rules/")
+            elif e.get("threshold") is not None:
+                levels = {float(x) for x in COMPARISON_RE.findall(alerts_in_rules[alert][1])}
+                if float(e["threshold"]) not in levels:
+                    errs.append(f"{alert}: threshold {e['threshold']} is not a level its rule "
+                                f"compares with {sorted(levels)}")
     return errs
 
 
@@ -881,10 +894,14 @@ def run_self_tests(report: Report, known: set[str]) -> None:
     amap = {"alerts": {"X": {"dashboard_uid": "g", "panel_id": 2, "panel_title": "a",
                              "threshold": 0.2, "url": "/d/g?viewPanel=2"}}}
     g = _good_dashboard()
-    errs = check_alert_map({"g": g}, amap, {"Y": HERE})
+    errs = check_alert_map({"g": g}, amap, {"Y": (HERE, "x > 0.2")})
     report.check("self-test: alert map catches a missing threshold and alert",
                  [] if any("threshold 0.2" in e for e in errs) and any("no such alert" in e for e in errs)
                  else [f"got {errs}"])
+    g["panels"][1]["fieldConfig"] = {"defaults": {"thresholds": {"steps": [{"value": None}, {"value": 0.2}]}}}
+    errs = check_alert_map({"g": g}, amap, {"X": (HERE, "ratio > 0.25 and rate > 1/60")})
+    report.check("self-test: alert map catches a threshold the rule does not use",
+                 [] if len(errs) == 1 and "[0.25]" in errs[0] else [f"got {errs}"])
     wrong = dict(SEMANTIC[0], expect=[("{}", 0.5)])
     errs = check_semantic({"llm-gateway": json.loads((HERE / "llm-gateway.json").read_text())}, wrong)
     report.check("self-test: a wrong expected value fails the value check",
