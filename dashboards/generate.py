@@ -2260,6 +2260,7 @@ def outputs() -> dict[pathlib.Path, str]:
         text = dashboard_json(rendered[-1])
         files[HERE / f"{b.uid}.json"] = text
         files[K8S_DIR / f"{b.uid}.yaml"] = configmap_yaml(b.uid, text)
+        files[HERE / "img" / f"{b.uid}.svg"] = layout_svg(rendered[-1])
         k8s_resources.append(f"{b.uid}.yaml")
         for name, entry in b.alerts.items():
             if name in alert_map:
@@ -2291,6 +2292,49 @@ def outputs() -> dict[pathlib.Path, str]:
     return files
 
 
+TYPE_FILL = {
+    "stat": "#dbeafe",
+    "gauge": "#dcfce7",
+    "timeseries": "#f3f4f6",
+    "bargauge": "#fef3c7",
+    "logs": "#fce7f3",
+}
+
+
+def layout_svg(d: Json) -> str:
+    """A picture of the grid: one box per panel (id, title, type), rows as bars."""
+    from xml.sax.saxutils import escape
+
+    cw, rh = 40, 22  # pixels per grid column / grid row
+    bottom = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in d["panels"])
+    width, height = GRID_WIDTH * cw, bottom * rh + 30
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">\n',
+        f'<rect width="{width}" height="{height}" fill="#ffffff"/>\n',
+        f'<text x="4" y="18" font-size="14" font-weight="bold">{escape(d["title"])} '
+        f"(uid {escape(d['uid'])})</text>\n",
+    ]
+    for p in d["panels"]:
+        g = p["gridPos"]
+        x, y, w, h = g["x"] * cw, g["y"] * rh + 26, g["w"] * cw, g["h"] * rh
+        if p["type"] == "row":
+            out.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h - 2}" fill="#374151"/>\n')
+            out.append(f'<text x="{x + 6}" y="{y + 15}" fill="#ffffff" font-weight="bold">'
+                       f'{p["id"]} {escape(p["title"])}</text>\n')
+            continue
+        fill = TYPE_FILL.get(p["type"], "#eeeeee")
+        out.append(f'<rect x="{x + 1}" y="{y + 1}" width="{w - 2}" height="{h - 2}" rx="3" '
+                   f'fill="{fill}" stroke="#9ca3af"/>\n')
+        chars = max(4, w // 7)
+        title = p["title"] if len(p["title"]) <= chars else p["title"][: chars - 1] + "…"
+        out.append(f'<text x="{x + 5}" y="{y + 15}" font-weight="bold">{p["id"]}</text>\n')
+        out.append(f'<text x="{x + 5}" y="{y + 29}">{escape(title)}</text>\n')
+        out.append(f'<text x="{x + 5}" y="{y + 43}" fill="#6b7280">{p["type"]}</text>\n')
+    out.append("</svg>\n")
+    return "".join(out)
+
+
 README_BEGIN = "<!-- generated: panels (generate.py) -->\n"
 README_END = "<!-- end: panels -->\n"
 
@@ -2301,6 +2345,7 @@ def readme_tables(rendered: list[Json], alert_map: dict[str, Json]) -> str:
     for d in rendered:
         n = sum(1 for p in d["panels"] if p["type"] != "row")
         out.append(f"### {d['title']} (`{d['uid']}.json`, {n} panels)\n\n")
+        out.append(f"![{d['title']} layout](img/{d['uid']}.svg)\n\n")
         out.append("| row | panels (id title) |\n|---|---|\n")
         row: Json | None = None
         cells: list[str] = []
