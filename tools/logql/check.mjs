@@ -161,6 +161,9 @@ export function checkExpr(expr, opts = {}) {
   const fields = new Set();
   const grouping = new Set();
   const extracted = new Set();
+  // Names read from the log line itself (`| json f`, roots of `| json x="f.path"`): they
+  // must be event fields even when an alias of the same name is created.
+  const sources = new Set();
   const addField = (name) => { if (name && !BUILTIN_LABELS.has(name)) fields.add(name); };
 
   const top = tree.topNode.firstChild; // Expr
@@ -201,9 +204,12 @@ export function checkExpr(expr, opts = {}) {
           const str = child(node, 'String');
           if (id && str) {
             extracted.add(text(expr, id));
-            addField(jsonPathRoot(unquote(text(expr, str))));
+            const root = jsonPathRoot(unquote(text(expr, str)));
+            addField(root);
+            if (root) sources.add(root);
           } else if (id) {
             addField(text(expr, id));
+            sources.add(text(expr, id));
           }
           return false;
         }
@@ -297,9 +303,12 @@ export function checkExpr(expr, opts = {}) {
     if (res.unknown_labels.length) fail(0, `unknown stream label(s): ${res.unknown_labels.join(', ')}`);
   }
   if (opts.fields) {
-    const allowed = new Set([...opts.fields, ...(opts.labels || []), ...res.extracted]);
-    res.unknown_fields = [...new Set([...res.fields, ...res.grouping])]
-      .filter((f) => !allowed.has(f)).sort();
+    const known = new Set([...opts.fields, ...(opts.labels || [])]);
+    const allowed = new Set([...known, ...res.extracted]);
+    res.unknown_fields = [...new Set([
+      ...[...res.fields, ...res.grouping].filter((f) => !allowed.has(f)),
+      ...[...sources].filter((f) => !known.has(f)),
+    ])].sort();
     if (res.unknown_fields.length) fail(0, `unknown field/label name(s): ${res.unknown_fields.join(', ')}`);
   }
   return res;

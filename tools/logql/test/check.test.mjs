@@ -101,6 +101,10 @@ test('allow-lists make unknown names fail', () => {
   const badLabel = checkExpr('sum(count_over_time({job="gateway"}[5m]))', opts);
   assert.equal(badLabel.ok, false);
   assert.deepEqual(badLabel.unknown_labels, ['job']);
+  const alias = checkExpr(`sum(count_over_time(${SEL} | json refused="refused" | refused="true" [5m]))`, opts);
+  assert.equal(alias.ok, false, 'a json path outside the fields is unknown even when aliased');
+  assert.deepEqual(alias.unknown_fields, ['refused']);
+  assert.equal(checkExpr(`sum(count_over_time(${SEL} | json r="refusal" | r="true" [5m]))`, opts).ok, true);
   const badGroup = checkExpr(`sum by (user) (count_over_time(${SEL}[5m]))`, opts);
   assert.equal(badGroup.ok, false);
   assert.deepEqual(badGroup.unknown_fields, ['user']);
