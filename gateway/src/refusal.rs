@@ -1,1 +1,0 @@
-//! Refusal detection (placeholder, filled in by the refusal module work).

@@ -1,0 +1,87 @@
+//! Refusal detection: response text (plus upstream signals) → a verdict with
+//! the id of the rule that decided it. Pure and deterministic: no I/O in the
+//! detection path, no clock, no randomness.
+//!
+//! # Order of decisions
+//!
+//! 1. **Upstream signals.** A non-null `message.refusal` / `delta.refusal`
+//!    gives rule `upstream_refusal`; `finish_reason: "content_filter"` gives
+//!    `content_filter`. These win over any text rule and are reported even
+//!    when text rules are disabled.
+//! 2. **Text rules**, one [`regex::bytes::RegexSet`] pass over the first
+//!    `scan_bytes` (default [`DEFAULT_SCAN_BYTES`]) of the response. For
+//!    streams the relay accumulates the assistant content of every choice up
+//!    to [`Detector::scan_bytes`] bytes as chunks pass (chunks are never held
+//!    back) and calls [`Detector::detect`] at the end.
+//!    * A **hard** rule that matches decides: refusal.
+//!    * A **soft** rule (a disclaimer that often precedes a real answer)
+//!      counts only if no *answer-follows* override matches in the window:
+//!      a line starting a list (`1.`, `-`, `*`, `•`), a code fence,
+//!      "Here is/are ..." at the start of a sentence (also after "However," or
+//!      "If you ..., here are"), or "However, I can / you can / if / in ...".
+//!    * Among several matches the first hard rule in order is reported, else
+//!      the first soft one.
+//!
+//! Almost every default rule is anchored at the start of the response
+//! (after optional whitespace, markdown emphasis or quote marks, and a role
+//! label such as `Assistant:`), and most allow at most two short sentences
+//! before the cue: refusals say so at once. That is what keeps
+//! "I'm sorry to hear that... here are some tips" or a refusal quoted inside
+//! an answer from counting.
+//!
+//! # Default rules
+//!
+//! | id | kind | catches | must not catch |
+//! |---|---|---|---|
+//! | `apology_inability` | hard | "I'm sorry, but I can't help with that." · "I apologize, but I cannot provide ..." · "Unfortunately, I am unable to assist ..." · "I'm afraid I can't do that." · "Sorry, it's not appropriate for me to ..." | "I'm so sorry for your loss. I can't imagine how hard ..." (no helping verb) · "Unfortunately, I can't recall the exact year, but ..." |
+//! | `cannot_assist` | hard | "I cannot provide instructions on ..." · "I can't assist with that request." · "I'm not able to help with creating malware." · "I cannot and will not ..." · "It is illegal to X, and I cannot provide advice ..." · "That's not something I can help with." · "No, I won't write that." | "I can't stress enough how ..." · "I can't help but notice ..." · "you cannot provide two mutable references" (not first person) |
+//! | `decline` | hard | "I must respectfully decline ..." · "I'll have to pass on this one." · "I'd rather not help with that." · "I'm not comfortable writing that." | "You can decline the cookie banner." |
+//! | `not_appropriate` | hard | "It is not appropriate to ..." · "It's not ethical or legal to ..." · "I'm just an AI, it's not appropriate for me to ..." · "It is not accurate or fair to say ..." | "It is not safe to eat raw chicken ..." · "It's okay to feel sad." · "It's not a good idea to use eval() ..." |
+//! | `dont_think_appropriate` | hard | "I don't think it's appropriate to ..." · "I'm not sure that it's ethical to ..." | "I don't think it matters which you pick." |
+//! | `policy` | hard | "... goes against my programming / guidelines / policies" · "it's not within my programming" · "this violates the content policy" (in the opening sentences) | a policy mentioned later in an answer |
+//! | `multilingual` | hard | "Lo siento, pero no puedo ..." · "Je suis désolé, mais je ne peux pas ..." · "Es tut mir leid, aber ich kann ..." · "Mi dispiace, ma non posso ..." · "Извините, но я не могу ..." · "很抱歉，我无法 ..." · "申し訳ありませんが、…できません" | answers in those languages |
+//! | `no_access_private` | soft | "I don't have access to personal information about your neighbours." · "As an AI, I don't have access to personal data about individuals ..." | "As an AI, I don't have access to personal health records. However, in the show ..." (override) |
+//! | `as_an_ai_cannot` | soft | "As an AI language model, I cannot provide ..." · "I am an AI language model and do not have the capability to provide harmful content." · "I'm just an AI, I cannot ..." | "As an AI language model, I can help with that. Here is ..." · "As an AI, I don't have personal opinions, but here are ..." · "As an AI, I don't have feelings, but I can explain ..." (no refusal verb) |
+//! | `moral_disclaimer` | soft | "It's important to note that stealing is illegal and unethical." · "Physical violence is never acceptable ..." · "I must clarify that asking such a question is not ethical." | "It's important to note that X is illegal. However, if you ..., here are ..." (override) · "Jaywalking is illegal in most cities." (plain "illegal" needs a moralising preface) |
+//! | `condemn` | soft | "I strongly condemn any form of violence ..." · "I do not condone ..." · "I must clarify that I do not promote ..." | the same followed by "However, I will provide ..." + an answer (override) |
+//! | `sympathy_redirect` | soft | "I'm sorry to hear that you're going through a difficult time. ... please reach out to a mental health professional / helpline." | "I'm sorry to hear you're feeling stressed. Here are some tips: 1. ..." (override) |
+//!
+//! Fragments shared by the rules (apostrophes `'`/`’`, the opening, the
+//! helping verbs, ...) live in `rules.rs`; [`default_rules`] returns the
+//! expanded patterns, for example as a starting point for `mode = "replace"`.
+//!
+//! # Configuration
+//!
+//! [`RefusalConfig`] is the `[refusal]` table: `enabled`, `mode`
+//! (`extend`: defaults then configured rules; `replace`: configured rules
+//! only), inline `[[refusal.rules]]` and a `rules_file` with `[[rules]]`
+//! (`id`, `pattern`, optional `overridable`), `scan_bytes` and the opt-in
+//! `audit_excerpt_chars`. [`Detector::new`] checks every rule on its own, so
+//! an error names the bad rule id, then compiles them all into one set.
+//!
+//! # Measuring
+//!
+//! [`run_check`] classifies `{"text": ...}` lines; [`run_eval`] scores the
+//! detector on `{"text", "label"}` lines (label `refusal`, `partial` or
+//! `compliance`): precision / recall / F1 of the refusal class with partial
+//! counted as refusal (A) and with partial rows left out (B), confusion counts
+//! and hits per rule. `tests/refusal_dev_set.rs` runs it on the development
+//! set; `benches/refusal.rs` measures the cost per response.
+
+mod config;
+mod detector;
+mod eval;
+mod rules;
+
+pub use config::{
+    DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
+};
+pub use detector::{
+    CONTENT_FILTER, Detector, RefusalError, Signals, UPSTREAM_REFUSAL, Verdict, default_rules,
+};
+pub use eval::{
+    CheckStats, Confusion, EvalReport, LabelCounts, RuleHits, Scores, run_check, run_eval,
+};
+
+#[cfg(test)]
+mod tests;
