@@ -159,8 +159,19 @@ for target in base overlays/two-tenants; do
   fi
 done
 
+# The project's binaries check their own configs and flags below. scripts/test.sh has
+# built them by now; when run alone, build what is missing (shared target dir).
+BIN_DIR="$ROOT/target/debug"
+for b in llm-gateway log-shipper vllm-sim loadgen; do
+  if [ ! -x "$BIN_DIR/$b" ]; then
+    echo "cargo build --bins (missing $b)"
+    cargo build --locked --bins -q --manifest-path "$ROOT/Cargo.toml" || true
+    break
+  fi
+done
+
 # Gateway TOML configs: parsed by the gateway itself when its binary can check a config.
-GW_BIN="${LLM_GATEWAY_BIN:-$ROOT/target/debug/llm-gateway}"
+GW_BIN="${LLM_GATEWAY_BIN:-$BIN_DIR/llm-gateway}"
 for toml in "$DEPLOY/k8s/base/gateway.toml" "$DEPLOY/k8s/overlays/two-tenants/gateway.toml"; do
   rel=${toml#"$ROOT/"}
   if [ -x "$GW_BIN" ] && "$GW_BIN" check-config --help >/dev/null 2>&1; then
@@ -184,6 +195,8 @@ check "docker compose config accepts the gpu and load profiles" dc --profile gpu
 dc --profile gpu --profile load config --format json >"$WORK/compose.json" 2>"$WORK/compose.err" || true
 check "every bind mount, secret file and build context of the compose file exists" \
   $CHECK compose-paths "$WORK/compose.json"
+check "flags given to llm-gateway, log-shipper, vllm-sim and loadgen (compose and k8s) exist in the binaries" \
+  $CHECK cli-flags "$BIN_DIR" "$WORK/compose.json" "$WORK/base.yaml" "$WORK/two-tenants.yaml"
 check "compose services wired together (scrape targets, Loki ruler, shipper volume, secrets, Grafana)" \
   $CHECK compose-wiring "$WORK/compose.json" "$DEPLOY/compose/prometheus/prometheus.yml" \
   "$DEPLOY/compose/loki/loki.yaml" "$ROOT/dashboards/provisioning/datasources/datasources.yaml" \

@@ -19,6 +19,9 @@ problem (2 on bad usage). deploy/test.sh runs them and counts PASS/FAIL.
                                     rendered manifests to a JSON array
   k8s-wiring     RENDERED_YAML [--namespace NS] [--tenants a,b]
                                     selectors, ports, config maps, probes agree
+  cli-flags      BIN_DIR RESOLVED_JSON RENDERED_YAML...
+                                    every --flag given to the project's binaries in compose
+                                    and Kubernetes is one the built binary accepts
   k8s-rules      RENDERED_YAML OUT_DIR
                                     PrometheusRule specs to rule files (for promtool);
                                     Loki rule ConfigMaps and dashboard ConfigMaps parse
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -544,11 +548,13 @@ def k8s_wiring(rendered: str, namespace: str | None, tenants: list[str]) -> int:
         pre_cmd = ((gw.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command", [])
         if pre_cmd[:1] == ["sleep"]:
             pre = int(pre_cmd[1])
+        flush = next((int(a.split("=", 1)[1]) // 1000 for a in sh_args if a.startswith("--shutdown-timeout-ms=")), 0)
         tgp = pod.get("terminationGracePeriodSeconds", 30)
-        if tgp <= grace + pre:
-            pr.add(f"terminationGracePeriodSeconds {tgp} <= gateway grace {grace} + preStop {pre}")
+        budget = f"gateway grace {grace} + preStop {pre} + shipper flush {flush}"
+        if tgp <= grace + pre + flush:
+            pr.add(f"terminationGracePeriodSeconds {tgp} <= {budget}")
         else:
-            pr.ok(f"terminationGracePeriodSeconds {tgp} > gateway grace {grace} + preStop {pre}")
+            pr.ok(f"terminationGracePeriodSeconds {tgp} > {budget}")
         have = sorted((gateway_toml.get("tenants") or {}).keys())
         for t in tenants:
             if t not in have:
@@ -622,6 +628,62 @@ def k8s_wiring(rendered: str, namespace: str | None, tenants: list[str]) -> int:
             if d["metadata"].get("namespace"):
                 pr.add(f"base must be namespace-less: {d['kind']}/{d['metadata']['name']}")
     pr.ok(f"{len(docs)} objects wired together")
+    return pr.finish()
+
+
+def _own_commands(resolved_json: str, rendered: list[str]):
+    """(where, argv) of every command of the project's binaries in compose and k8s."""
+    model = json.load(open(resolved_json, encoding="utf-8"))
+    for name, svc in sorted(model.get("services", {}).items()):
+        cmd = [str(a) for a in svc.get("command") or []]
+        if cmd and cmd[0] in OWN_BINARIES:
+            yield f"compose service {name}", cmd
+    for r in rendered:
+        for d in load_all_yaml(r):
+            pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+            for c in pod.get("containers", []) + pod.get("initContainers", []):
+                argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+                if argv and argv[0] in OWN_BINARIES:
+                    yield f"{os.path.basename(r)} {d['kind']}/{d['metadata']['name']} {c['name']}", argv
+
+
+def cli_flags(bin_dir: str, resolved_json: str, *rendered: str) -> int:
+    import subprocess
+
+    pr = Problems()
+    helps: dict[str, str] = {}
+    for where, argv in _own_commands(resolved_json, list(rendered)):
+        binary = argv[0]
+        if binary not in helps:
+            path = os.path.join(bin_dir, binary)
+            if not os.access(path, os.X_OK):
+                pr.add(f"{path} is not built")
+                helps[binary] = ""
+                continue
+            out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+            helps[binary] = out.stdout + out.stderr
+            if "--help" not in helps[binary]:
+                pr.add(f"{path} --help printed no usage (stale build?)")
+                helps[binary] = ""
+        if not helps[binary]:
+            continue
+        i = 1
+        sub = None
+        if binary == "loadgen" and len(argv) > 1 and not argv[1].startswith("-"):
+            sub = argv[1]
+            if not any(sub in line for line in helps[binary].splitlines()) and "${" not in sub:
+                pr.add(f"{where}: loadgen scenario {sub!r} unknown")
+            i = 2
+        for a in argv[i:]:
+            if not a.startswith("--"):
+                continue
+            flag = a.split("=", 1)[0]
+            if not re.search(rf"(^|[\s,]){re.escape(flag)}([\s=,<\[]|$)", helps[binary], re.M):
+                pr.add(f"{where}: {binary} has no flag {flag}")
+        labels = [a.split("=", 1)[1] for a in argv if a.startswith("--label=")]
+        if binary == "log-shipper" and labels and "app=llm-gateway" not in labels:
+            pr.add(f"{where}: --label replaces the default app=llm-gateway, which the LogQL rules select on")
+        pr.ok(f"{where}: {' '.join(argv[:2])} ... ({len(argv) - 1} args)")
     return pr.finish()
 
 
@@ -704,6 +766,8 @@ def main(argv: list[str]) -> int:
                 print(f"unknown argument {rest[0]}")
                 return 2
         return k8s_wiring(args[0], ns, tenants)
+    if cmd == "cli-flags" and len(args) >= 2:
+        return cli_flags(*args)
     if cmd == "k8s-rules" and len(args) == 2:
         return k8s_rules(*args)
     print(__doc__)
