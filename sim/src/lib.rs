@@ -6,8 +6,10 @@
 //! - [`metrics`]: vLLM's `vllm:` Prometheus metrics, rendered like Python `prometheus_client`.
 //! - [`wire`]: byte-exact vLLM JSON / SSE shapes.
 //! - [`text`]: deterministic text, token estimates and refusal phrasings.
+//! - [`loadgen`]: traffic scenarios and statistics behind the `loadgen` binary.
 
 pub mod engine;
+pub mod loadgen;
 pub mod metrics;
 pub mod server;
 pub mod text;

@@ -149,6 +149,11 @@ pub async fn serve(
     cfg: SimConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // Like uvicorn: TCP_NODELAY, so small SSE writes are not held back by Nagle + delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(cfg))
         .with_graceful_shutdown(shutdown)
         .await
