@@ -384,22 +384,51 @@ async fn client_disconnect_aborts() {
     .await;
 }
 
-#[test]
-fn sigterm_shuts_down_gracefully() {
-    let mut sim = Sim::start(&[]);
+#[tokio::test]
+async fn sigterm_drains_in_flight_then_exits() {
+    let mut sim = Sim::start(&[
+        "--ttft-ms",
+        "10",
+        "--tokens-per-second",
+        "50",
+        "--max-tokens-default",
+        "20",
+    ]);
+    let c = client();
+    let r = c
+        .post(sim.url(CHAT))
+        .header("content-type", "application/json")
+        .body(r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut text = Vec::new();
+    text.extend_from_slice(&body.next().await.unwrap().unwrap());
     let st = std::process::Command::new("kill")
         .args(["-TERM", &sim.pid().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    let status = sim
-        .wait_exit(Duration::from_secs(10))
-        .expect("vllm-sim did not exit on SIGTERM");
-    assert!(
-        status.success(),
-        "{status:?}\n{}",
-        sim.stderr.lock().unwrap()
-    );
+    // The stream in flight still completes ...
+    while let Some(part) = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+    {
+        text.extend_from_slice(&part.unwrap());
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // ... then the process exits cleanly by itself.
+    let status = tokio::task::spawn_blocking(move || {
+        let s = sim.wait_exit(Duration::from_secs(10));
+        (s, sim.stderr.lock().unwrap().clone())
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    let status = status.expect("vllm-sim did not exit on SIGTERM");
+    assert!(status.success(), "{status:?}\n{log}");
 }
 
 #[test]

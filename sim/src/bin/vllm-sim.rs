@@ -86,32 +86,38 @@ impl Cli {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future resolving on SIGINT or SIGTERM. The handlers are installed right away (before
+/// the address is printed), so a signal sent just after start-up is never lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+            tracing::info!("shutting down");
+        })
     }
-    tracing::info!("shutting down");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+    }
 }
+
+/// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+const DRAIN_SECS: u64 = 10;
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let listen = cli.listen.clone();
     let cfg = cli.config()?;
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -123,9 +129,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!(models = ?cfg.models, ttft_ms = cfg.ttft_ms, tokens_per_second = cfg.tokens_per_second,
         max_concurrency = cfg.max_concurrency, kv_cache_tokens = cfg.kv_cache_tokens, "vllm-sim ready");
-    sim::serve(listener, cfg, shutdown_signal())
-        .await
-        .context("serving")?;
+    // Shutdown phases: (1) signal → stop accepting, (2) let in-flight requests finish,
+    // (3) after DRAIN_SECS give up on the rest and exit.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    };
+    let drain_limit = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_secs(DRAIN_SECS)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = sim::serve(listener, cfg, shutdown) => r.context("serving")?,
+        () = drain_limit => tracing::warn!("in-flight requests still running after {DRAIN_SECS} s; exiting"),
+    }
     Ok(())
 }
 
