@@ -1,0 +1,65 @@
+//! Command-line arguments (clap only). Every flag can also come from an
+//! environment variable `LLM_GATEWAY_<FLAG>`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// OpenAI-compatible gateway for vLLM: proxies requests, writes one JSON
+/// event per request and exposes Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "llm-gateway", version, about)]
+pub struct Cli {
+    /// TOML configuration file (pools, routing, tenants, prices, refusal rules, limits).
+    #[arg(long, env = "LLM_GATEWAY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, env = "LLM_GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Upstream vLLM base URL; repeat for several endpoints of the default pool
+    /// (env: comma-separated).
+    #[arg(long = "upstream", env = "LLM_GATEWAY_UPSTREAM", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+
+    /// Where events go: `-` for stdout (default) or a file path.
+    #[arg(long, env = "LLM_GATEWAY_EVENTS")]
+    pub events: Option<String>,
+
+    /// Start an in-process simulated vLLM as the upstream.
+    #[arg(long, env = "LLM_GATEWAY_DEMO")]
+    pub demo: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print the effective configuration.
+    CheckConfig,
+    /// Read an API key on stdin and print its SHA-256 (hex) for `api_key_sha256`.
+    HashKey,
+    /// Refusal detector tools.
+    Refusal {
+        #[command(subcommand)]
+        command: RefusalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefusalCommand {
+    /// Classify texts (one per line on stdin, or --input FILE) with the configured rules.
+    Check {
+        /// Read from this file instead of stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Measure the rules against a labeled file.
+    Eval {
+        /// Labeled examples (JSON lines).
+        #[arg(long)]
+        labeled: PathBuf,
+    },
+}

@@ -1,0 +1,934 @@
+//! The request path: admission (limits, auth, body, model), pool choice,
+//! the upstream call with retry, and the relay of the answer (buffered JSON
+//! or SSE passed on chunk by chunk).
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::{GatewayError, normalize_upstream_error, sse_error_event};
+use crate::events::{EventGuard, Recorder, RefusalOutcome};
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::refusal::Signals;
+use crate::relay::{SseRelay, Summary, inspect_body};
+use crate::upstream::{InFlight, Pool, Upstreams};
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Arc<Recorder>,
+    pub auth: Auth,
+    pub global: Arc<Semaphore>,
+    /// Set on SIGTERM/SIGINT: new requests get 503, `/readyz` fails.
+    pub draining: AtomicBool,
+    /// Cancelled when the shutdown grace period is over: cut what is left.
+    pub hard_stop: CancellationToken,
+}
+
+/// The proxied OpenAI routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Api {
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "/v1/chat/completions",
+            Api::Completions => "/v1/completions",
+            Api::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// Request id: the client's `x-request-id` if sane, else a new UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id")
+        && let Ok(s) = v.to_str()
+        && !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return s.to_owned();
+    }
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn set_request_id(resp: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+}
+
+/// Starts the event guard of a `/v1/*` request.
+pub fn start_guard(state: &AppState, headers: &HeaderMap, route: &'static str) -> EventGuard {
+    EventGuard::start(
+        state.recorder.clone(),
+        request_id(headers),
+        route,
+        state.auth.unauthenticated_label(),
+        state.upstreams.models.label(""),
+    )
+}
+
+/// Common admission: draining, global limit, auth, tenant limit.
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    guard: &mut EventGuard,
+) -> Result<(), GatewayError> {
+    let retry_after_secs = state.cfg.retry_after_secs;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(GatewayError::ShuttingDown { retry_after_secs });
+    }
+    let permit = state
+        .global
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| GatewayError::Overloaded { retry_after_secs })?;
+    guard.hold(permit);
+    let tenant = state
+        .auth
+        .authenticate(headers)
+        .ok_or(GatewayError::Unauthorized)?;
+    guard.tenant = tenant.name.clone();
+    if let Some(limit) = tenant.limit {
+        let permit = limit
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::TenantOverloaded { retry_after_secs })?;
+        guard.hold(permit);
+    }
+    Ok(())
+}
+
+/// Ends a request with a gateway error.
+pub fn reject(mut guard: EventGuard, err: GatewayError) -> Response {
+    let id = guard.request_id.clone();
+    guard.fail(err.status_code().as_u16(), err.event_error_type());
+    guard.finish();
+    let mut resp = err.into_response();
+    set_request_id(&mut resp, &id);
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// Request parsing
+// ---------------------------------------------------------------------------
+
+fn raw_even_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The few request fields the gateway reads; the rest stays opaque.
+#[derive(Deserialize)]
+struct RequestHead<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+/// What the gateway learnt from a request body.
+#[derive(Debug, PartialEq)]
+pub struct Parsed {
+    pub model: String,
+    pub stream: bool,
+    /// JSON bytes of `messages` / `prompt` / `input`.
+    pub prompt_bytes: usize,
+    /// Body to send upstream.
+    pub body: Bytes,
+    /// The gateway added usage to the stream: remove the usage chunk.
+    pub strip_usage: bool,
+}
+
+fn offset_in(body: &[u8], raw: &RawValue) -> usize {
+    raw.get().as_ptr() as usize - body.as_ptr() as usize
+}
+
+fn splice(body: &Bytes, at: std::ops::Range<usize>, with: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + with.len());
+    out.extend_from_slice(&body[..at.start]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&body[at.end..]);
+    out.freeze()
+}
+
+/// Parses the request and, for streams whose client did not ask for usage,
+/// asks the upstream for it (the one change made to a request body).
+pub fn parse_request(body: Bytes) -> Result<Parsed, GatewayError> {
+    let head: RequestHead = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::InvalidJson(format!("the body is not a valid JSON object: {e}"))
+    })?;
+    let model = match head.model {
+        Some(m) if !m.is_empty() => m.into_owned(),
+        _ => {
+            return Err(GatewayError::InvalidRequest(
+                "you must provide a model parameter".to_owned(),
+            ));
+        }
+    };
+    let stream = head.stream.unwrap_or(false);
+    let prompt_bytes = [head.messages, head.prompt, head.input]
+        .iter()
+        .flatten()
+        .map(|r| r.get().len())
+        .sum();
+    const WITH_USAGE: &[u8] = br#"{"include_usage":true}"#;
+    let (new_body, strip_usage) = if !stream {
+        (None, false)
+    } else {
+        match head.stream_options {
+            None => {
+                // Insert before the closing brace of the top-level object.
+                let end = body
+                    .iter()
+                    .rposition(|&b| b == b'}')
+                    .ok_or_else(|| GatewayError::InvalidJson("not an object".to_owned()))?;
+                let mut ins = Vec::with_capacity(48);
+                ins.extend_from_slice(b",\"stream_options\":");
+                ins.extend_from_slice(WITH_USAGE);
+                (Some(splice(&body, end..end, &ins)), true)
+            }
+            Some(raw) => {
+                let at = offset_in(&body, raw);
+                let range = at..at + raw.get().len();
+                match serde_json::from_str::<Option<serde_json::Map<String, serde_json::Value>>>(
+                    raw.get(),
+                ) {
+                    Ok(None) => (Some(splice(&body, range, WITH_USAGE)), true),
+                    Ok(Some(mut obj)) => {
+                        // vLLM: include_usage defaults to true once stream_options is present.
+                        if obj.get("include_usage").and_then(|v| v.as_bool()) == Some(false) {
+                            obj.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+                            let v =
+                                serde_json::to_vec(&obj).unwrap_or_else(|_| WITH_USAGE.to_vec());
+                            (Some(splice(&body, range, &v)), true)
+                        } else {
+                            (None, false)
+                        }
+                    }
+                    Err(_) => (None, false),
+                }
+            }
+        }
+    };
+    Ok(Parsed {
+        model,
+        stream,
+        prompt_bytes,
+        body: new_body.unwrap_or(body),
+        strip_usage,
+    })
+}
+
+/// Reads the request body, enforcing the size limit.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            GatewayError::BodyTooLarge { limit }
+        } else {
+            GatewayError::InvalidRequest(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn choose_pool(cfg: &Config, api: Api, parsed: &Parsed) -> Result<usize, GatewayError> {
+    let mapped = cfg.model_pools.get(&parsed.model).copied();
+    let base = match mapped.or(cfg.default_pool) {
+        Some(p) => p,
+        None => return Err(GatewayError::ModelNotFound(parsed.model.clone())),
+    };
+    if let Some((long, min_bytes)) = cfg.long_context
+        && api != Api::Embeddings
+        && parsed.prompt_bytes >= min_bytes
+        && (mapped.is_none() || mapped == cfg.default_pool)
+    {
+        return Ok(long);
+    }
+    Ok(base)
+}
+
+// ---------------------------------------------------------------------------
+// Headers
+// ---------------------------------------------------------------------------
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Client headers forwarded upstream: all end-to-end headers except the
+/// client's credentials and `accept-encoding` (the gateway reads the body).
+fn upstream_headers(client: &HeaderMap, request_id: &str, pool: &Pool) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(client.len() + 2);
+    for (k, v) in client {
+        if is_hop_by_hop(k)
+            || matches!(
+                k.as_str(),
+                "authorization"
+                    | "proxy-authorization"
+                    | "api-key"
+                    | "x-api-key"
+                    | "cookie"
+                    | "accept-encoding"
+                    | "x-request-id"
+            )
+        {
+            continue;
+        }
+        h.append(k.clone(), v.clone());
+    }
+    if !h.contains_key(header::CONTENT_TYPE) {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(a) = &pool.auth {
+        h.insert(header::AUTHORIZATION, a.clone());
+    }
+    h
+}
+
+fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if is_hop_by_hop(k) || k.as_str() == "x-request-id" {
+            continue;
+        }
+        to.append(k.clone(), v.clone());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handler
+// ---------------------------------------------------------------------------
+
+/// Handles `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+pub async fn handle(state: Arc<AppState>, api: Api, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut guard = start_guard(&state, &parts.headers, api.path());
+    if let Err(e) = admit(&state, &parts.headers, &mut guard) {
+        return reject(guard, e);
+    }
+    let body = match read_body(body, &parts.headers, state.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reject(guard, e),
+    };
+    let parsed = match parse_request(body) {
+        Ok(p) => p,
+        Err(e) => return reject(guard, e),
+    };
+    let label = state.upstreams.models.label(&parsed.model);
+    guard.set_model(parsed.model.clone(), label);
+    guard.stream = parsed.stream;
+    let pool_idx = match choose_pool(&state.cfg, api, &parsed) {
+        Ok(p) => p,
+        Err(e) => return reject(guard, e),
+    };
+    let pool = state.upstreams.pools[pool_idx].clone();
+    guard.upstream = Some(pool.name.clone());
+    let id = guard.request_id.clone();
+    let hard_stop = state.hard_stop.clone();
+    let fwd = forward(state, api, pool, parts.headers, parsed, guard);
+    let mut resp = tokio::select! {
+        r = fwd => r,
+        // The guard inside `fwd` is dropped here and records the cut.
+        _ = hard_stop.cancelled() => GatewayError::ShuttingDown { retry_after_secs: 1 }.into_response(),
+    };
+    set_request_id(&mut resp, &id);
+    resp
+}
+
+enum Attempt {
+    Got(reqwest::Response, InFlight),
+    Failed(GatewayError),
+}
+
+/// Sends the request, retrying on another endpoint after a connect error or
+/// a 502/503 (nothing has reached the client yet).
+async fn send_with_retry(
+    state: &AppState,
+    api: Api,
+    pool: &Pool,
+    headers: &HeaderMap,
+    body: &Bytes,
+    guard: &mut EventGuard,
+    deadline: Instant,
+) -> Attempt {
+    let cfg = &state.cfg;
+    let max_attempts = (cfg.retries as usize + 1).min(pool.endpoints.len()).max(1);
+    let mut tried = Vec::with_capacity(max_attempts);
+    let mut last = GatewayError::UpstreamUnreachable("no endpoint available".to_owned());
+    while tried.len() < max_attempts {
+        let Some((idx, inflight)) = pool.pick(&tried) else {
+            break;
+        };
+        tried.push(idx);
+        let ep = inflight.endpoint().clone();
+        guard.endpoint = Some(ep.label.clone());
+        let req = state
+            .upstreams
+            .client
+            .post(format!("{}{}", ep.base, api.path()))
+            .headers(upstream_headers(headers, &guard.request_id, pool))
+            .body(body.clone());
+        let until = deadline.min(Instant::now() + cfg.first_byte_timeout);
+        match tokio::time::timeout_at(until, req.send()).await {
+            Err(_) => {
+                state
+                    .metrics
+                    .upstream_error(&pool.name, UpstreamErrorKind::Timeout);
+                return Attempt::Failed(GatewayError::UpstreamTimeout(format!(
+                    "no response from {} within {} ms",
+                    ep.label,
+                    (until.into_std() - guard.started()).as_millis()
+                )));
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_timeout() {
+                    UpstreamErrorKind::Timeout
+                } else {
+                    UpstreamErrorKind::Connect
+                };
+                state.metrics.upstream_error(&pool.name, kind);
+                if e.is_connect() {
+                    pool.mark_down(idx, &state.metrics);
+                }
+                tracing::warn!(pool = %pool.name, endpoint = %ep.label, error = %e, "upstream request failed");
+                last = if kind == UpstreamErrorKind::Timeout {
+                    GatewayError::UpstreamTimeout(format!("connecting to {} timed out", ep.label))
+                } else {
+                    GatewayError::UpstreamUnreachable(format!("cannot reach {}", ep.label))
+                };
+                if kind == UpstreamErrorKind::Timeout && !e.is_connect() {
+                    return Attempt::Failed(last);
+                }
+            }
+            Ok(Ok(resp)) => {
+                let s = resp.status().as_u16();
+                if (s == 502 || s == 503) && tried.len() < max_attempts {
+                    state
+                        .metrics
+                        .upstream_error(&pool.name, UpstreamErrorKind::Http5xx);
+                    tracing::warn!(pool = %pool.name, endpoint = %ep.label, status = s, "retrying on another endpoint");
+                    continue;
+                }
+                return Attempt::Got(resp, inflight);
+            }
+        }
+    }
+    Attempt::Failed(last)
+}
+
+/// Reads a whole upstream body within the idle and total limits.
+async fn read_upstream_body(
+    resp: &mut reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+    max: usize,
+) -> Result<Bytes, UpstreamErrorKind> {
+    let mut buf = BytesMut::new();
+    loop {
+        let until = deadline.min(Instant::now() + idle);
+        match tokio::time::timeout_at(until, resp.chunk()).await {
+            Err(_) => return Err(UpstreamErrorKind::Timeout),
+            Ok(Err(_)) => return Err(UpstreamErrorKind::Stream),
+            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(Some(c))) => {
+                if buf.len() + c.len() > max {
+                    return Err(UpstreamErrorKind::Stream);
+                }
+                buf.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
+/// Largest upstream body buffered for a non-streaming answer.
+const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
+
+async fn forward(
+    state: Arc<AppState>,
+    api: Api,
+    pool: Arc<Pool>,
+    headers: HeaderMap,
+    parsed: Parsed,
+    mut guard: EventGuard,
+) -> Response {
+    let cfg = state.cfg.clone();
+    let deadline = Instant::from_std(guard.started()) + cfg.total_timeout;
+    let (mut resp, inflight) = match send_with_retry(
+        &state,
+        api,
+        &pool,
+        &headers,
+        &parsed.body,
+        &mut guard,
+        deadline,
+    )
+    .await
+    {
+        Attempt::Got(r, i) => (r, i),
+        Attempt::Failed(e) => return reject(guard, e),
+    };
+    let status = resp.status();
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+
+    if status.as_u16() >= 400 {
+        let kind = if status.is_server_error() {
+            UpstreamErrorKind::Http5xx
+        } else {
+            UpstreamErrorKind::Http4xx
+        };
+        state.metrics.upstream_error(&pool.name, kind);
+        let body = read_upstream_body(&mut resp, cfg.idle_timeout, deadline, 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        let out = normalize_upstream_error(status.as_u16(), &body);
+        guard.fail(status.as_u16(), "upstream_error");
+        guard.finish();
+        let mut r = (status, out).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return r;
+    }
+
+    if !(parsed.stream && is_sse) {
+        let body = match read_upstream_body(
+            &mut resp,
+            cfg.idle_timeout,
+            deadline,
+            MAX_UPSTREAM_BODY,
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(kind) => {
+                state.metrics.upstream_error(&pool.name, kind);
+                let e = if kind == UpstreamErrorKind::Timeout {
+                    GatewayError::UpstreamTimeout(
+                        "the upstream response did not complete in time".to_owned(),
+                    )
+                } else {
+                    GatewayError::UpstreamUnreachable(
+                        "the upstream connection failed while reading the response".to_owned(),
+                    )
+                };
+                return reject(guard, e);
+            }
+        };
+        let summary = inspect_body(&body, state.cfg.detector.scan_bytes());
+        let upstream_headers = resp.headers().clone();
+        drop(resp);
+        drop(inflight);
+        guard.usage = summary.usage;
+        guard.refusal = if api == Api::Embeddings {
+            None
+        } else {
+            refusal_of(&state.cfg, &summary)
+        };
+        guard.succeed(status.as_u16(), summary.finish_reason.clone());
+        guard.finish();
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        copy_response_headers(&upstream_headers, r.headers_mut());
+        return r;
+    }
+
+    // Streaming: wait for the first chunk before answering, so that a
+    // timeout or a failure can still become a proper HTTP error.
+    let mut relay = SseRelay::new(parsed.strip_usage, state.cfg.detector.scan_bytes());
+    let until = deadline.min(Instant::now() + cfg.first_byte_timeout);
+    let first = match tokio::time::timeout_at(until, resp.chunk()).await {
+        Err(_) => {
+            state
+                .metrics
+                .upstream_error(&pool.name, UpstreamErrorKind::Timeout);
+            return reject(
+                guard,
+                GatewayError::UpstreamTimeout(
+                    "no stream data from the upstream in time".to_owned(),
+                ),
+            );
+        }
+        Ok(Err(_)) => {
+            state
+                .metrics
+                .upstream_error(&pool.name, UpstreamErrorKind::Stream);
+            return reject(
+                guard,
+                GatewayError::UpstreamUnreachable("the upstream closed the stream".to_owned()),
+            );
+        }
+        Ok(Ok(c)) => c,
+    };
+    guard.stream_started();
+    let mut pending = Bytes::new();
+    let mut eof = false;
+    match first {
+        Some(chunk) => {
+            let fed = relay.feed(&chunk);
+            if fed.content {
+                guard.ttft = Some(guard.elapsed());
+            }
+            pending = fed.out;
+        }
+        None => eof = true,
+    }
+    let upstream_headers = resp.headers().clone();
+    let st = StreamState {
+        state: state.clone(),
+        pool,
+        resp,
+        _inflight: inflight,
+        relay,
+        guard: Some(guard),
+        deadline,
+        idle: cfg.idle_timeout,
+        pending: Some(pending),
+        eof,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(st, step);
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = StatusCode::OK;
+    copy_response_headers(&upstream_headers, r.headers_mut());
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// Applies the refusal detector to a response summary.
+pub fn refusal_of(cfg: &Config, s: &Summary) -> Option<RefusalOutcome> {
+    let signals = Signals {
+        upstream_refusal: s.upstream_refusal,
+        content_filter: s.content_filter,
+    };
+    let det = &cfg.detector;
+    let mut texts: Vec<&str> = s.texts.iter().map(String::as_str).collect();
+    if texts.is_empty() {
+        texts.push("");
+    }
+    for t in texts {
+        let v = det.detect(&signals, t);
+        if v.refusal {
+            let excerpt = det.audit_excerpt(t).map(str::to_owned);
+            return Some(RefusalOutcome {
+                rule: v.rule,
+                excerpt,
+            });
+        }
+    }
+    None
+}
+
+struct StreamState {
+    state: Arc<AppState>,
+    pool: Arc<Pool>,
+    resp: reqwest::Response,
+    _inflight: InFlight,
+    relay: SseRelay,
+    guard: Option<EventGuard>,
+    deadline: Instant,
+    idle: Duration,
+    pending: Option<Bytes>,
+    eof: bool,
+    finished: bool,
+}
+
+enum Cut {
+    Timeout,
+    Transport,
+    Shutdown,
+}
+
+impl StreamState {
+    /// The upstream ended normally.
+    fn finish_ok(&mut self) -> Bytes {
+        self.finished = true;
+        let mut out = BytesMut::from(&self.relay.finish()[..]);
+        let s = &self.relay.summary;
+        let truncated = !s.done && s.finish_reason.is_none() && s.error.is_none();
+        let Some(mut g) = self.guard.take() else {
+            return out.freeze();
+        };
+        g.usage = s.usage;
+        if let Some(_msg) = &s.error {
+            self.state
+                .metrics
+                .upstream_error(&self.pool.name, UpstreamErrorKind::Stream);
+            g.succeed(200, Some("error".to_owned()));
+            g.error_type = Some("stream_error");
+        } else if truncated {
+            self.state
+                .metrics
+                .upstream_error(&self.pool.name, UpstreamErrorKind::Stream);
+            out.extend_from_slice(&sse_error_event(
+                "the upstream ended the stream early",
+                "server_error",
+                "stream_error",
+            ));
+            g.succeed(200, Some("error".to_owned()));
+            g.error_type = Some("stream_error");
+        } else {
+            g.succeed(200, s.finish_reason.clone());
+        }
+        g.refusal = refusal_of(&self.state.cfg, s);
+        g.finish();
+        out.freeze()
+    }
+
+    /// The stream is cut by the gateway: one error event, then `[DONE]`.
+    fn finish_cut(&mut self, cut: Cut) -> Bytes {
+        self.finished = true;
+        self.relay.discard();
+        let (msg, code, fr, et, kind) = match cut {
+            Cut::Timeout => (
+                "the upstream stopped sending data (timeout)",
+                "upstream_timeout",
+                "timeout",
+                "upstream_timeout",
+                Some(UpstreamErrorKind::Timeout),
+            ),
+            Cut::Transport => (
+                "the upstream connection failed during the stream",
+                "stream_error",
+                "error",
+                "stream_error",
+                Some(UpstreamErrorKind::Stream),
+            ),
+            Cut::Shutdown => (
+                "the gateway is shutting down",
+                "shutting_down",
+                "abort",
+                "shutting_down",
+                None,
+            ),
+        };
+        if let Some(k) = kind {
+            self.state.metrics.upstream_error(&self.pool.name, k);
+        }
+        if let Some(mut g) = self.guard.take() {
+            g.usage = self.relay.summary.usage;
+            g.succeed(200, Some(fr.to_owned()));
+            g.error_type = Some(et);
+            g.finish();
+        }
+        sse_error_event(msg, "server_error", code)
+    }
+}
+
+async fn step(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
+    if let Some(p) = s.pending.take()
+        && !p.is_empty()
+    {
+        return Some((Ok(p), s));
+    }
+    if s.finished {
+        return None;
+    }
+    if s.eof {
+        let out = s.finish_ok();
+        return if out.is_empty() {
+            None
+        } else {
+            Some((Ok(out), s))
+        };
+    }
+    loop {
+        let until = s.deadline.min(Instant::now() + s.idle);
+        let hard_stop = s.state.hard_stop.clone();
+        let next = tokio::select! {
+            r = tokio::time::timeout_at(until, s.resp.chunk()) => r,
+            _ = hard_stop.cancelled() => {
+                let out = s.finish_cut(Cut::Shutdown);
+                return Some((Ok(out), s));
+            }
+        };
+        match next {
+            Ok(Ok(Some(chunk))) => {
+                let fed = s.relay.feed(&chunk);
+                if fed.content
+                    && let Some(g) = s.guard.as_mut()
+                    && g.ttft.is_none()
+                {
+                    g.ttft = Some(g.elapsed());
+                }
+                if fed.out.is_empty() {
+                    continue;
+                }
+                return Some((Ok(fed.out), s));
+            }
+            Ok(Ok(None)) => {
+                let out = s.finish_ok();
+                return if out.is_empty() {
+                    None
+                } else {
+                    Some((Ok(out), s))
+                };
+            }
+            Ok(Err(_)) => {
+                let out = s.finish_cut(Cut::Transport);
+                return Some((Ok(out), s));
+            }
+            Err(_) => {
+                let out = s.finish_cut(Cut::Timeout);
+                return Some((Ok(out), s));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Parsed {
+        parse_request(Bytes::from(s.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn non_stream_body_is_untouched() {
+        let s =
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x_unknown":{"a":[1,2]}}"#;
+        let got = p(s);
+        assert_eq!(&got.body[..], s.as_bytes());
+        assert!(!got.stream && !got.strip_usage);
+        assert_eq!(got.model, "m");
+        assert_eq!(
+            got.prompt_bytes,
+            r#"[{"role":"user","content":"hi"}]"#.len()
+        );
+    }
+
+    #[test]
+    fn stream_gets_usage_added_by_splice() {
+        let table = [
+            (
+                r#"{"model":"m","stream":true,"z":1}"#,
+                r#"{"model":"m","stream":true,"z":1,"stream_options":{"include_usage":true}}"#,
+                true,
+            ),
+            (
+                "{\"model\":\"m\",\"stream\":true}\n  ",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}\n  ",
+                true,
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":null,"z":1}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"z":1}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"z":1}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"z":1}"#,
+                true,
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+                false,
+            ),
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
+                false,
+            ),
+        ];
+        for (input, want, strip) in table {
+            let got = p(input);
+            assert_eq!(std::str::from_utf8(&got.body).unwrap(), want);
+            assert_eq!(got.strip_usage, strip, "{input}");
+            assert!(got.stream);
+            let _: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_rejected() {
+        for (s, status) in [
+            ("{not json", 400),
+            ("[1,2]", 400),
+            ("{}", 400),
+            (r#"{"model":""}"#, 400),
+            (r#"{"model":5}"#, 400),
+            (r#"{"model":"m","stream":"yes"}"#, 400),
+        ] {
+            let e = parse_request(Bytes::from(s)).unwrap_err();
+            assert_eq!(e.status_code().as_u16(), status, "{s}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 36);
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}

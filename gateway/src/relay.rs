@@ -1,0 +1,515 @@
+//! Response inspection without changing the bytes the client sees.
+//!
+//! * [`SseRelay`]: incremental SSE framing (events end on a blank line, with
+//!   `\n`, `\r\n` or `\r` line ends). Complete events are passed on at once,
+//!   byte for byte; only the usage-only chunk (`choices: []`) is removed when
+//!   the client did not ask for usage. Each `data:` payload is parsed once
+//!   with a small borrowed struct for what the gateway needs: content, refusal,
+//!   finish reason, usage and error.
+//! * [`inspect_body`]: the same for a complete (non-streaming) JSON body.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// Most choices whose text is kept for refusal detection.
+const MAX_CHOICES: usize = 16;
+/// An event larger than this without an end is passed on unparsed.
+const MAX_PENDING_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Token counts from upstream `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(borrow, default, alias = "message")]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseView<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<ErrorView>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorView {
+    Object {
+        #[serde(default)]
+        message: Option<serde_json::Value>,
+    },
+    Other(serde_json::Value),
+}
+
+/// What was learnt from a response (stream or body).
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Finish reason of choice 0 (else of the last choice that had one).
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    /// Assistant text per choice, each bounded to the scan limit.
+    pub texts: Vec<String>,
+    /// `message.refusal` / `delta.refusal` was non-empty.
+    pub upstream_refusal: bool,
+    /// A choice finished with `content_filter`.
+    pub content_filter: bool,
+    /// An error object in the body or stream, with its message.
+    pub error: Option<String>,
+    /// `data: [DONE]` was seen.
+    pub done: bool,
+}
+
+impl Summary {
+    fn absorb(&mut self, view: ResponseView<'_>, scan_limit: usize) -> bool {
+        let mut content = false;
+        if let Some(u) = view.usage {
+            self.usage = Some(u);
+        }
+        if let Some(e) = view.error {
+            let msg = match e {
+                ErrorView::Object { message } => message
+                    .map(|m| match m {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "upstream error".to_owned()),
+                ErrorView::Other(serde_json::Value::Null) => String::new(),
+                ErrorView::Other(v) => v.to_string(),
+            };
+            if !msg.is_empty() || self.error.is_none() {
+                self.error = Some(if msg.is_empty() {
+                    "upstream error".to_owned()
+                } else {
+                    msg
+                });
+            }
+        }
+        for (pos, c) in view.choices.into_iter().flatten().enumerate() {
+            let idx = c.index.unwrap_or(pos);
+            if let Some(fr) = c.finish_reason {
+                if fr == "content_filter" {
+                    self.content_filter = true;
+                }
+                if idx == 0 || self.finish_reason.is_none() {
+                    self.finish_reason = Some(fr.into_owned());
+                }
+            }
+            let mut text: Option<Cow<'_, str>> = c.text;
+            if let Some(d) = c.delta {
+                if let Some(r) = &d.refusal
+                    && !r.is_empty()
+                {
+                    self.upstream_refusal = true;
+                    content = true;
+                }
+                if d.tool_calls.is_some()
+                    || d.reasoning.as_deref().is_some_and(|s| !s.is_empty())
+                    || d.reasoning_content
+                        .as_deref()
+                        .is_some_and(|s| !s.is_empty())
+                {
+                    content = true;
+                }
+                if d.content.is_some() {
+                    text = d.content;
+                }
+            }
+            if let Some(t) = text
+                && !t.is_empty()
+            {
+                content = true;
+                if idx < MAX_CHOICES {
+                    if self.texts.len() <= idx {
+                        self.texts.resize(idx + 1, String::new());
+                    }
+                    push_bounded(&mut self.texts[idx], &t, scan_limit);
+                }
+            }
+        }
+        content
+    }
+}
+
+fn push_bounded(buf: &mut String, s: &str, limit: usize) {
+    let room = limit.saturating_sub(buf.len());
+    if room == 0 {
+        return;
+    }
+    if s.len() <= room {
+        buf.push_str(s);
+    } else {
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        buf.push_str(&s[..cut]);
+    }
+}
+
+/// Inspects a complete JSON response body.
+pub fn inspect_body(body: &[u8], scan_limit: usize) -> Summary {
+    let mut s = Summary::default();
+    if let Ok(view) = serde_json::from_slice::<ResponseView>(body) {
+        s.absorb(view, scan_limit);
+    }
+    s
+}
+
+/// Output of one [`SseRelay::feed`].
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// Bytes to send to the client now (complete events only).
+    pub out: Bytes,
+    /// An event with content (text, refusal, tool call) passed.
+    pub content: bool,
+}
+
+/// Incremental SSE relay and accumulator.
+#[derive(Debug)]
+pub struct SseRelay {
+    buf: BytesMut,
+    strip_usage_chunk: bool,
+    scan_limit: usize,
+    pub summary: Summary,
+    passthrough: bool,
+}
+
+/// Position of the end of the next complete event in `buf` (after the blank
+/// line), and the ranges of its `data:` values. At `eof`, a lone `\r` ends a
+/// line and the end of the buffer ends the event.
+fn next_event(buf: &[u8], data: &mut Vec<(usize, usize)>, eof: bool) -> Option<usize> {
+    data.clear();
+    let mut line_start = 0;
+    let mut i = 0;
+    while i < buf.len() {
+        let b = buf[i];
+        if b == b'\n' || b == b'\r' {
+            let line_end = i;
+            let next = if b == b'\r' {
+                match buf.get(i + 1) {
+                    // A lone \r at the end may be the first half of \r\n.
+                    None if !eof => return None,
+                    Some(b'\n') => i + 2,
+                    _ => i + 1,
+                }
+            } else {
+                i + 1
+            };
+            let line = &buf[line_start..line_end];
+            if line.is_empty() {
+                return Some(next);
+            }
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                let off = usize::from(rest.first() == Some(&b' '));
+                data.push((line_start + 5 + off, line_end));
+            }
+            line_start = next;
+            i = next;
+        } else {
+            i += 1;
+        }
+    }
+    if eof && !buf.is_empty() {
+        if line_start < buf.len()
+            && let Some(rest) = buf[line_start..].strip_prefix(b"data:")
+        {
+            let off = usize::from(rest.first() == Some(&b' '));
+            data.push((line_start + 5 + off, buf.len()));
+        }
+        return Some(buf.len());
+    }
+    None
+}
+
+impl SseRelay {
+    /// `strip_usage_chunk`: drop the usage-only chunk (`choices: []` with
+    /// usage) because the gateway, not the client, asked for it.
+    pub fn new(strip_usage_chunk: bool, scan_limit: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            strip_usage_chunk,
+            scan_limit,
+            summary: Summary::default(),
+            passthrough: false,
+        }
+    }
+
+    /// Feeds upstream bytes; returns the bytes to send on.
+    pub fn feed(&mut self, chunk: &[u8]) -> Fed {
+        if self.passthrough {
+            return Fed {
+                out: Bytes::copy_from_slice(chunk),
+                content: false,
+            };
+        }
+        self.buf.extend_from_slice(chunk);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut fed = Fed::default();
+        let mut data = Vec::with_capacity(2);
+        let mut pos = 0;
+        // Output assembled only if an event is removed; otherwise a prefix of buf.
+        let mut rebuilt: Option<BytesMut> = None;
+        while let Some(len) = next_event(&buf[pos..], &mut data, false) {
+            let ev = &buf[pos..pos + len];
+            let (keep, content) = self.inspect_event(ev, &data);
+            fed.content |= content;
+            match (&mut rebuilt, keep) {
+                (None, true) => {}
+                (None, false) => {
+                    let mut r = BytesMut::with_capacity(pos);
+                    r.extend_from_slice(&buf[..pos]);
+                    rebuilt = Some(r);
+                }
+                (Some(r), true) => r.extend_from_slice(ev),
+                (Some(_), false) => {}
+            }
+            pos += len;
+        }
+        let consumed = buf.split_to(pos).freeze();
+        self.buf = buf;
+        fed.out = match rebuilt {
+            Some(r) => r.freeze(),
+            None => consumed,
+        };
+        if self.buf.len() > MAX_PENDING_EVENT_BYTES {
+            // Not SSE as we know it: stop parsing and pass everything on.
+            self.passthrough = true;
+            let rest = self.buf.split().freeze();
+            let mut all = BytesMut::from(&fed.out[..]);
+            all.extend_from_slice(&rest);
+            fed.out = all.freeze();
+        }
+        fed
+    }
+
+    /// Bytes left over at the end of the upstream stream (an unterminated
+    /// event), inspected like the others.
+    pub fn finish(&mut self) -> Bytes {
+        let buf = self.buf.split().freeze();
+        if self.passthrough || buf.is_empty() {
+            return buf;
+        }
+        let mut data = Vec::new();
+        if next_event(&buf, &mut data, true).is_some() {
+            let (keep, _) = self.inspect_event(&buf, &data);
+            if !keep {
+                return Bytes::new();
+            }
+        }
+        buf
+    }
+
+    /// Drops a partly received event (the stream is being cut).
+    pub fn discard(&mut self) {
+        self.buf.clear();
+    }
+
+    /// True if nothing is buffered (the relay is between events).
+    pub fn at_boundary(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Returns (keep, has_content).
+    fn inspect_event(&mut self, ev: &[u8], data: &[(usize, usize)]) -> (bool, bool) {
+        if data.is_empty() {
+            return (true, false);
+        }
+        let joined: Cow<'_, [u8]> = if data.len() == 1 {
+            Cow::Borrowed(&ev[data[0].0..data[0].1])
+        } else {
+            let mut v = Vec::new();
+            for (n, (a, b)) in data.iter().enumerate() {
+                if n > 0 {
+                    v.push(b'\n');
+                }
+                v.extend_from_slice(&ev[*a..*b]);
+            }
+            Cow::Owned(v)
+        };
+        let payload = joined.as_ref();
+        if payload.starts_with(b"[DONE]") {
+            self.summary.done = true;
+            return (true, false);
+        }
+        let Ok(view) = serde_json::from_slice::<ResponseView>(payload) else {
+            return (true, false);
+        };
+        let usage_only = matches!(&view.choices, Some(c) if c.is_empty()) && view.usage.is_some();
+        let content = self.summary.absorb(view, self.scan_limit);
+        (!(usage_only && self.strip_usage_chunk), content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"prompt_token_ids\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"logprobs\":null,\"finish_reason\":null,\"token_ids\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":\"length\",\"stop_reason\":null,\"token_ids\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":32,\"total_tokens\":35,\"completion_tokens\":3}}\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    fn run(input: &str, strip: bool, split: usize) -> (String, SseRelay) {
+        let mut r = SseRelay::new(strip, 1024);
+        let mut out = Vec::new();
+        for piece in input.as_bytes().chunks(split) {
+            out.extend_from_slice(&r.feed(piece).out);
+        }
+        out.extend_from_slice(&r.finish());
+        (String::from_utf8(out).unwrap(), r)
+    }
+
+    #[test]
+    fn passes_bytes_through_and_accumulates() {
+        for split in [1, 2, 3, 7, 64, 10_000] {
+            let (out, r) = run(CHAT, false, split);
+            assert_eq!(out, CHAT, "split {split}");
+            let s = &r.summary;
+            assert_eq!(s.texts, vec!["Hi!".to_owned()]);
+            assert_eq!(s.finish_reason.as_deref(), Some("length"));
+            assert_eq!(
+                s.usage,
+                Some(Usage {
+                    prompt_tokens: Some(32),
+                    completion_tokens: Some(3)
+                })
+            );
+            assert!(s.done);
+            assert!(s.error.is_none());
+        }
+    }
+
+    #[test]
+    fn strips_only_the_usage_chunk() {
+        for split in [1, 5, 10_000] {
+            let (out, r) = run(CHAT, true, split);
+            assert!(!out.contains("\"usage\""), "{out}");
+            assert!(out.ends_with("data: [DONE]\n\n"));
+            assert_eq!(out.matches("data: ").count(), 4);
+            assert_eq!(r.summary.usage.unwrap().completion_tokens, Some(3));
+        }
+    }
+
+    #[test]
+    fn crlf_and_cr_line_ends_and_multiline_data() {
+        let table: &[(&str, usize, Option<&str>)] = &[
+            (
+                "data: {\"choices\":[{\"index\":0,\"text\":\"a\",\"finish_reason\":\"stop\"}]}\r\n\r\ndata: [DONE]\r\n\r\n",
+                2,
+                Some("stop"),
+            ),
+            (
+                "data: {\"choices\":[{\"index\":0,\"text\":\"a\",\"finish_reason\":\"stop\"}]}\r\rdata: [DONE]\r\r",
+                2,
+                Some("stop"),
+            ),
+            (
+                ": comment\n\ndata: {\"choices\":\ndata: [{\"index\":0,\"text\":\"a\",\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
+                3,
+                Some("length"),
+            ),
+        ];
+        for (input, _events, fr) in table {
+            for split in [1, 2, 1000] {
+                let (out, r) = run(input, true, split);
+                assert_eq!(&out, input);
+                assert_eq!(r.summary.finish_reason.as_deref(), *fr, "{input:?}");
+                assert_eq!(r.summary.texts, vec!["a".to_owned()]);
+                assert!(r.summary.done);
+            }
+        }
+    }
+
+    #[test]
+    fn content_flag_ignores_empty_role_chunk() {
+        let mut r = SseRelay::new(false, 100);
+        let first = CHAT.split("\n\n").next().unwrap().to_owned() + "\n\n";
+        let fed = r.feed(first.as_bytes());
+        assert!(!fed.content);
+        assert_eq!(&fed.out[..], first.as_bytes());
+        let fed = r.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n");
+        assert!(fed.out.is_empty(), "incomplete event held back");
+        let fed = r.feed(b"\n");
+        assert!(fed.content);
+    }
+
+    #[test]
+    fn error_event_and_refusal_signals() {
+        let input = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"no\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\"b\"},\"finish_reason\":\"content_filter\"}]}\n\n",
+            "data: {\"error\":{\"message\":\"boom\",\"type\":\"InternalServerError\",\"param\":null,\"code\":500}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let (out, r) = run(input, true, 3);
+        assert_eq!(out, input);
+        assert!(r.summary.upstream_refusal);
+        assert!(r.summary.content_filter);
+        assert_eq!(r.summary.error.as_deref(), Some("boom"));
+        assert_eq!(r.summary.texts, vec![String::new(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn text_is_bounded_at_char_boundary() {
+        let mut r = SseRelay::new(false, 5);
+        for _ in 0..3 {
+            r.feed("data: {\"choices\":[{\"index\":0,\"text\":\"éé\"}]}\n\n".as_bytes());
+        }
+        assert_eq!(
+            r.summary.texts[0],
+            "ééé".chars().take(2).collect::<String>()
+        );
+    }
+
+    #[test]
+    fn inspect_non_stream_bodies() {
+        let body = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"I can't help with that.","refusal":null,"tool_calls":[]},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"total_tokens":12,"completion_tokens":7}}"#;
+        let s = inspect_body(body, 4096);
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.texts, vec!["I can't help with that.".to_owned()]);
+        assert_eq!(s.usage.unwrap().prompt_tokens, Some(5));
+        assert!(!s.upstream_refusal);
+        let emb = br#"{"object":"list","data":[{"embedding":[0.1,0.2],"index":0}],"usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+        let s = inspect_body(emb, 4096);
+        assert_eq!(s.usage.unwrap().prompt_tokens, Some(3));
+        assert_eq!(s.usage.unwrap().completion_tokens, None);
+        let s = inspect_body(b"not json", 10);
+        assert!(s.usage.is_none());
+    }
+}
