@@ -103,7 +103,7 @@ fi
 
 npm ci --prefix "$DEPLOY/tools" --no-audit --no-fund --loglevel=error >/dev/null 2>&1 ||
   npm ci --prefix "$DEPLOY/tools" --no-audit --no-fund --loglevel=error
-CHECK="$PY $DEPLOY/tools/check_deploy.py"
+chk() { "$PY" "$DEPLOY/tools/check_deploy.py" "$@"; }
 
 # ---------------------------------------------------------------------------
 log "kubernetes manifests"
@@ -139,10 +139,10 @@ for target in base overlays/two-tenants; do
     check "$target: built-in objects validate strictly against Kubernetes $v schemas" \
       k8s_validate "$v" "$rendered"
   done
-  "$PY" "$DEPLOY/tools/check_deploy.py" k8s-split "$rendered" "$WORK/$name.json" >/dev/null
+  chk k8s-split "$rendered" "$WORK/$name.json" >/dev/null || true
   check "$target: ServiceMonitor/PrometheusRule validate against the Prometheus Operator schemas" \
     node "$DEPLOY/tools/validate-crds.mjs" "$WORK/$name.json"
-  if out=$($CHECK k8s-rules "$rendered" "$WORK/$name-rules" 2>&1); then
+  if out=$(chk k8s-rules "$rendered" "$WORK/$name-rules" 2>&1); then
     files=$(grep -E '\.yml$' <<<"$out" || true)
     # shellcheck disable=SC2086
     check "$target: PrometheusRule rules pass promtool check rules" promtool check rules $files
@@ -152,10 +152,10 @@ for target in base overlays/two-tenants; do
   fi
   if [ "$name" = base ]; then
     check "$target: objects wired together (selectors, ports, volumes, probes, grace)" \
-      $CHECK k8s-wiring "$rendered"
+      chk k8s-wiring "$rendered"
   else
     check "$target: objects wired together, namespace llm-gateway, tenants team-a and team-b" \
-      $CHECK k8s-wiring "$rendered" --namespace llm-gateway --tenants team-a,team-b
+      chk k8s-wiring "$rendered" --namespace llm-gateway --tenants team-a,team-b
   fi
 done
 
@@ -194,18 +194,18 @@ check "docker compose config accepts the default stack" dc config -q
 check "docker compose config accepts the gpu and load profiles" dc --profile gpu --profile load config -q
 dc --profile gpu --profile load config --format json >"$WORK/compose.json" 2>"$WORK/compose.err" || true
 check "every bind mount, secret file and build context of the compose file exists" \
-  $CHECK compose-paths "$WORK/compose.json"
+  chk compose-paths "$WORK/compose.json"
 check "flags given to llm-gateway, log-shipper, vllm-sim and loadgen (compose and k8s) exist in the binaries" \
-  $CHECK cli-flags "$BIN_DIR" "$WORK/compose.json" "$WORK/base.yaml" "$WORK/two-tenants.yaml"
+  chk cli-flags "$BIN_DIR" "$WORK/compose.json" "$WORK/base.yaml" "$WORK/two-tenants.yaml"
 check "compose services wired together (scrape targets, Loki ruler, shipper volume, secrets, Grafana)" \
-  $CHECK compose-wiring "$WORK/compose.json" "$DEPLOY/compose/prometheus/prometheus.yml" \
+  chk compose-wiring "$WORK/compose.json" "$DEPLOY/compose/prometheus/prometheus.yml" \
   "$DEPLOY/compose/loki/loki.yaml" "$ROOT/dashboards/provisioning/datasources/datasources.yaml" \
   "$ROOT/dashboards/provisioning/dashboards/dashboards.yaml"
 
 # ---------------------------------------------------------------------------
 log "Prometheus, Alertmanager, Loki configs"
 # ---------------------------------------------------------------------------
-if out=$($CHECK prom-rewrite "$DEPLOY/compose/prometheus/prometheus.yml" \
+if out=$(chk prom-rewrite "$DEPLOY/compose/prometheus/prometheus.yml" \
   "$ROOT/logql-rules/prometheus" "$WORK/prometheus.yml" 2>&1); then
   echo "$out"
   check "promtool check config (prometheus.yml with the mounted rule files)" \
@@ -216,9 +216,9 @@ fi
 check "amtool check-config (alertmanager.yml as mounted by compose)" \
   amtool check-config "$ROOT/logql-rules/alertmanager/alertmanager.yml"
 check "Loki config keys (structured metadata, schema v13/tsdb, ruler, remote write; no Loki binary offline)" \
-  $CHECK loki-config "$DEPLOY/compose/loki/loki.yaml"
+  chk loki-config "$DEPLOY/compose/loki/loki.yaml"
 check "logql-rules/loki holds only rule files Loki's ruler can load (tenant dir)" \
-  $CHECK loki-rules "$ROOT/logql-rules/loki"
+  chk loki-rules "$ROOT/logql-rules/loki"
 
 # ---------------------------------------------------------------------------
 log "Dockerfile"
@@ -276,18 +276,18 @@ expect_fail "docker compose config rejects the same file" \
   "$COMPOSE" --env-file /dev/null -f "$DEPLOY/compose/.neg-compose.yml" config -q
 sed 's#- \./loki/loki.yaml:#- ./loki/no-such-loki.yaml:#' "$COMPOSE_FILE" >"$DEPLOY/compose/.neg-compose.yml"
 "$COMPOSE" --env-file /dev/null -f "$DEPLOY/compose/.neg-compose.yml" config --format json >"$NEG/compose.json" 2>/dev/null || true
-expect_fail "path check rejects a compose file mounting a missing file" $CHECK compose-paths "$NEG/compose.json"
+expect_fail "path check rejects a compose file mounting a missing file" chk compose-paths "$NEG/compose.json"
 rm -f "$DEPLOY/compose/.neg-compose.yml"
 sed 's/scrape_interval: 15s/scrape_interval: fifteen/' "$DEPLOY/compose/prometheus/prometheus.yml" >"$NEG/prometheus.yml"
 expect_fail "promtool rejects a Prometheus config with a bad scrape interval" promtool check config "$NEG/prometheus.yml"
 sed 's/allow_structured_metadata: true/allow_structured_metadata: false/; s/schema: v13/schema: v12/' \
   "$DEPLOY/compose/loki/loki.yaml" >"$NEG/loki.yaml"
-expect_fail "Loki key check rejects a config without structured metadata on schema v12" $CHECK loki-config "$NEG/loki.yaml"
+expect_fail "Loki key check rejects a config without structured metadata on schema v12" chk loki-config "$NEG/loki.yaml"
 if [ -s "$WORK/base.yaml" ] && grep -q '^kind: Deployment' "$WORK/base.yaml"; then
   sed 's/minAvailable: 1/minAvailable: 3/; s/terminationGracePeriodSeconds: 60/terminationGracePeriodSeconds: 20/' \
     "$WORK/base.yaml" >"$NEG/base.yaml"
   expect_fail "wiring check rejects a short grace period and a PDB with minAvailable 3" \
-    $CHECK k8s-wiring "$NEG/base.yaml"
+    chk k8s-wiring "$NEG/base.yaml"
 fi
 
 echo
