@@ -6,7 +6,8 @@ Usage: python3 logql-rules/tests/checks.py CHECK...   (from the repository root)
 CHECK is one of:
   conventions   every alert: severity in {critical, warning, info}, summary ending with a
                 period, description, runbook_url on the one base URL; names UpperCamelCase,
-                unique; group names lowercase; recording rules named level:metric:operations
+                unique; group names lowercase; recording rules named level:metric:operations;
+                every alert in a table of README.md
   coverage      every Prometheus alert has a firing case and an earlier quiet case in the
                 promtool tests; every recording rule is checked by a promql_expr_test
   runbooks      every alert's runbook_url anchor exists in runbooks.md, with the sections
@@ -108,6 +109,7 @@ def slug(heading: str) -> str:
 
 def check_conventions() -> None:
     names: dict[str, str] = {}
+    readme = (RULES / "README.md").read_text(encoding="utf-8") if (RULES / "README.md").is_file() else ""
     for directory in (PROM, LOKI):
         for path, group, rule in all_rules(directory):
             where = f"{path.relative_to(ROOT)}"
@@ -143,6 +145,8 @@ def check_conventions() -> None:
                 problems.append(f"runbook_url not on {RUNBOOK_BASE}#...")
             if alert != "Watchdog" and not rule.get("for"):
                 problems.append("no `for`")
+            if not re.search(rf"^\| {re.escape(alert)} \|", readme, re.M):
+                problems.append("not in the alert tables of logql-rules/README.md")
             report(not problems, f"alert {alert} follows the conventions", "; ".join(problems))
 
 
