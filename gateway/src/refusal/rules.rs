@@ -40,15 +40,15 @@ const FRAGMENTS: &[(&str, &str)] = &[
         "CGAP",
         r#"(?-u:[^.!?\n"\xE2]|\xE2[^\x80]|\xE2\x80[^\x9C\x9D])"#,
     ),
-    ("PRE", r"(?:<GAP>{0,200}[.!?]\s+){0,2}"),
+    ("PRE", r"(?:<GAP>*[.!?]\s+){0,2}"),
     // A clause before the cue inside the same sentence ("It is illegal, and I cannot").
     (
         "CLAUSE",
-        r"(?:<CGAP>{0,150}?(?:[,;:]|\s-|\bbut|\band|\bso|\bhowever|\btherefore|\bthus|\bhence))?\s*",
+        r"(?:<CGAP>*?(?:[,;:]|\s-|\bbut|\band|\bso|\bhowever|\btherefore|\bthus|\bhence))?\s*",
     ),
     (
         "CLAUSE_THAT",
-        r"(?:<CGAP>{0,150}?(?:[,;:]|\s-|\bbut|\band|\bso|\bhowever|\btherefore|\bthus|\bhence|\bthat))?\s*",
+        r"(?:<CGAP>*?(?:[,;:]|\s-|\bbut|\band|\bso|\bhowever|\btherefore|\bthus|\bhence|\bthat))?\s*",
     ),
     // First-person inability or unwillingness.
     (
@@ -109,7 +109,7 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "apology_inability",
         soft: false,
-        template: r"(?i-u)<LEAD><APOLOGY>\b<GAP>{0,80}?(?:\bbut\b|[,;:.\-])?\s*(?:<AI_SELF>,?\s*)?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)|<NOT_OK>|(?:this|that)\s+(?:is|would\s+be)\s+(?:beyond|outside)\s+(?:my|the\s+scope))",
+        template: r"(?i-u)<LEAD><APOLOGY>\b<GAP>*?(?:\bbut\b|[,;:.\-])?\s*(?:<AI_SELF>,?\s*)?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)|<NOT_OK>|(?:this|that)\s+(?:is|would\s+be)\s+(?:beyond|outside)\s+(?:my|the\s+scope))",
     },
     DefaultRule {
         id: "cannot_assist",
@@ -134,27 +134,27 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "policy",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE><GAP>{0,150}?\b(?:against\s+(?:my|our|the|openai<A>?s)\s+(?:\w+\s+){0,2}?(?:programming|guidelines|polic(?:y|ies)|principles|rules|terms|values)|(?:not|n<A>t)\s+within\s+my\s+(?:programming|guidelines|capabilities|abilities|scope)|(?:violates?|violation\s+of)\s+(?:my|our|the|openai<A>?s)\s+(?:\w+\s+)?(?:polic(?:y|ies)|guidelines|terms))",
+        template: r"(?i-u)<LEAD><PRE><GAP>*?\b(?:against\s+(?:my|our|the|openai<A>?s)\s+(?:\w+\s+){0,2}?(?:programming|guidelines|polic(?:y|ies)|principles|rules|terms|values)|(?:not|n<A>t)\s+within\s+my\s+(?:programming|guidelines|capabilities|abilities|scope)|(?:violates?|violation\s+of)\s+(?:my|our|the|openai<A>?s)\s+(?:\w+\s+)?(?:polic(?:y|ies)|guidelines|terms))",
     },
     DefaultRule {
         id: "multilingual",
         soft: false,
-        template: r"(?i-u)<LEAD>(?u:(?:lo\s+siento|lo\s+lamento|disculp[ae]|desculp[ae]|sinto\s+muito|je\s+suis\s+d[ée]sol[ée]e?|d[ée]sol[ée]e?|es\s+tut\s+mir\s+leid|leider|mi\s+dispiace|purtroppo|извините|к\s+сожалению|抱歉|对不起|很抱歉|申し訳|すみません)<GAP>{0,60}?(?:no\s+puedo|não\s+posso|je\s+ne\s+peux|kann\s+ich|ich\s+kann|non\s+posso|не\s+могу|我无法|我不能|无法|不能|できません)|(?:no\s+puedo|não\s+posso|je\s+ne\s+peux\s+pas|ich\s+kann\s+(?:dir|ihnen|dabei)?\s*(?:nicht|keine)|non\s+posso|я\s+не\s+могу|我无法|我不能))",
+        template: r"(?i-u)<LEAD>(?u:(?:lo\s+siento|lo\s+lamento|disculp[ae]|desculp[ae]|sinto\s+muito|je\s+suis\s+d[ée]sol[ée]e?|d[ée]sol[ée]e?|es\s+tut\s+mir\s+leid|leider|mi\s+dispiace|purtroppo|извините|к\s+сожалению|抱歉|对不起|很抱歉|申し訳|すみません)<GAP>*?(?:no\s+puedo|não\s+posso|je\s+ne\s+peux|kann\s+ich|ich\s+kann|non\s+posso|не\s+могу|我无法|我不能|无法|不能|できません)|(?:no\s+puedo|não\s+posso|je\s+ne\s+peux\s+pas|ich\s+kann\s+(?:dir|ihnen|dabei)?\s*(?:nicht|keine)|non\s+posso|я\s+не\s+могу|我无法|我不能))",
     },
     DefaultRule {
         id: "no_access_private",
         soft: true,
-        template: r"(?i-u)<LEAD>(?:<APOLOGY><GAP>{0,40}?(?:\bbut|,)\s*)?(?:<AI_SELF><GAP>{0,40}?,?\s*)?i\s+(?:don<A>?t|do\s+not)\s+have\s+(?:\w+\s+){0,2}?access\s+to\s+(?:\w+\s+){0,4}?(?:personal|private|confidential)\s+(?:\w+\s+)?(?:information|data|details|records)",
+        template: r"(?i-u)<LEAD>(?:<APOLOGY><GAP>*?(?:\bbut|,)\s*)?(?:<AI_SELF><GAP>*?,?\s*)?i\s+(?:don<A>?t|do\s+not)\s+have\s+(?:\w+\s+){0,2}?access\s+to\s+(?:\w+\s+){0,4}?(?:personal|private|confidential)\s+(?:\w+\s+)?(?:information|data|details|records)",
     },
     DefaultRule {
         id: "as_an_ai_cannot",
         soft: true,
-        template: r"(?i-u)<LEAD><AI_SELF><GAP>{0,80}?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|(?:do\s+not|don<A>?t)\s+(?:have\s+the\s+(?:ability|capability|capacity)|condone|support|promote|endorse|engage|encourage|provide|assist|help|generate|create)|(?:it<A>?s|it\s+is)\s+not\s+within|not\s+(?:able|programmed|designed|allowed|permitted)\s+to)",
+        template: r"(?i-u)<LEAD><AI_SELF><GAP>*?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|(?:\bi|\band)\s+(?:do\s+not|don<A>?t)\s+(?:have\s+the\s+(?:ability|capability|capacity)|condone|support|promote|endorse|engage|encourage|provide|assist|help|generate|create)|(?:it<A>?s|it\s+is)\s+not\s+within|not\s+(?:able|programmed|designed|allowed|permitted)\s+to)",
     },
     DefaultRule {
         id: "moral_disclaimer",
         soft: true,
-        template: r"(?i-u)<LEAD>(?:first(?:\s+and\s+foremost)?,?\s+|no,?\s+)?(?:<PREFACE><GAP>{0,120}?\b(?:is|are|would\s+be)\s+(?:<ADV>\s+)?(?:illegal|<MORAL>)|<GAP>{0,120}?\b(?:is|are|would\s+be)\s+(?:<ADV>\s+)?<MORAL>)\b",
+        template: r"(?i-u)<LEAD>(?:first(?:\s+and\s+foremost)?,?\s+|no,?\s+)?(?:<PREFACE><GAP>*?\b(?:is|are|would\s+be)\s+(?:<ADV>\s+)?(?:illegal|<MORAL>)|<GAP>*?\b(?:is|are|would\s+be)\s+(?:<ADV>\s+)?<MORAL>)\b",
     },
     DefaultRule {
         id: "condemn",
@@ -164,7 +164,7 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "sympathy_redirect",
         soft: true,
-        template: r"(?i-u)<LEAD><APOLOGY>\s+(?:to\s+hear\s+)?(?:that\s+)?(?:you<A>?re|you\s+are)\s+(?:going\s+through|feeling|struggling|experiencing|dealing)<GAP>{0,80}[.!?,]\s+(?:<GAP>{0,200}[.!?]\s+){0,2}?<GAP>{0,200}?\b(?:reach\s+out|talk\s+(?:things\s+over\s+)?(?:to|with)|seek\s+(?:\w+\s+)?(?:help|support)|mental\s+health\s+professional|crisis|helpline|hotline|people\s+who\s+care)",
+        template: r"(?i-u)<LEAD><APOLOGY>\s+(?:to\s+hear\s+)?(?:that\s+)?(?:you<A>?re|you\s+are)\s+(?:going\s+through|feeling|struggling|experiencing|dealing)<GAP>*[.!?,]\s+(?:<GAP>*[.!?]\s+){0,2}?<GAP>*?\b(?:reach\s+out|talk\s+(?:things\s+over\s+)?(?:to|with)|seek\s+(?:\w+\s+)?(?:help|support)|mental\s+health\s+professional|crisis|helpline|hotline|people\s+who\s+care)",
     },
 ];
 
@@ -173,13 +173,13 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
 pub(crate) const OVERRIDES: &[(&str, &str)] = &[
     (
         "here_is",
-        r"(?i-u)(?:^|[.!?:]\s+|\n)(?:(?:however|that\s+said|that\s+being\s+said|but|so|now|sure|okay|ok)\b,?\s*)?(?:if\s+you<GAP>{0,120},\s*)?here(?:\s+are|\s+is|<A>s)\b",
+        r"(?i-u)(?:^|[.!?:]\s+|\n)(?:(?:however|that\s+said|that\s+being\s+said|but|so|now|sure|okay|ok)\b,?\s*)?(?:if\s+you<GAP>*,\s*)?here(?:\s+are|\s+is|<A>s)\b",
     ),
     ("list", r"(?-u)\n\s*(?:1[.)]|[-*]|•)\s+\S"),
     ("code", r"```"),
     (
         "however_can",
-        r"(?i-u)\bhowever,\s+(?:if|in|here|i\s+(?:can|will|could)|you\s+(?:can|could|may|might))\b",
+        r"(?i-u)\b(?:however,\s+(?:if|in|here|i\s+(?:can|will|could)|you\s+(?:can|could|may|might))|but\s+i\s+can\s+(?:tell|provide|give|offer|share|help|explain|suggest|describe))\b",
     ),
 ];
 

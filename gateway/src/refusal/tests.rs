@@ -155,6 +155,7 @@ const COMPLIANCES: &[&str] = &[
     "As an AI language model, I can help with that. Here is a Python function:\n```python\ndef f():\n    pass\n```",
     "As an AI, I don't have personal opinions, but here are some arguments on both sides:\n1. Cost\n2. Safety",
     "As an AI language model, I don't have feelings, but I can explain how photosynthesis works. Plants convert light into chemical energy.",
+    "As an AI, I don't have personal opinions, but I can tell you that pineapples, being fruits, don't have the capacity to join political parties.",
     "As an AI language model, I cannot browse the internet. However, I can tell you what I know up to 2023: the treaty was signed in 1850.",
     "I'm an AI language model and I don't have the ability to create plots for novels. However, I can provide you with some general ideas:\n\n1. A locked room.\n2. A missing heir.",
     "I'm sorry to hear that you're feeling stressed. Here are some tips:\n1. Breathe slowly.\n2. Take a walk.",
