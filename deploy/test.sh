@@ -172,7 +172,7 @@ done
 
 # Gateway TOML configs: parsed by the gateway itself when its binary can check a config.
 GW_BIN="${LLM_GATEWAY_BIN:-$BIN_DIR/llm-gateway}"
-for toml in "$DEPLOY/k8s/base/gateway.toml" "$DEPLOY/k8s/overlays/two-tenants/gateway.toml"; do
+for toml in "$DEPLOY/compose/gateway.toml" "$DEPLOY/k8s/base/gateway.toml" "$DEPLOY/k8s/overlays/two-tenants/gateway.toml"; do
   rel=${toml#"$ROOT/"}
   if [ -x "$GW_BIN" ] && "$GW_BIN" check-config --help >/dev/null 2>&1; then
     check "$rel: accepted by llm-gateway check-config" "$GW_BIN" check-config --config "$toml"

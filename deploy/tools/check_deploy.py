@@ -229,6 +229,37 @@ def compose_wiring(resolved_json, prom_yml, loki_yaml, datasources_yaml, provide
     if urlparse(loki_url).hostname != "loki":
         pr.add(f"log-shipper pushes to {loki_url}, not the loki service")
 
+    # The gateway config knows the models the simulator serves and loadgen asks for.
+    gw_cfg_src = next(
+        (v["source"] for v in gw.get("volumes", []) if v.get("target") == "/etc/llm-gateway/gateway.toml"),
+        None,
+    )
+    cfg_arg = next((a.split("=", 1)[1] for a in gw.get("command", []) if a.startswith("--config=")), None)
+    if cfg_arg != "/etc/llm-gateway/gateway.toml" or not gw_cfg_src or not os.path.isfile(gw_cfg_src):
+        pr.add(f"gateway --config={cfg_arg} is not a mounted file ({gw_cfg_src})")
+    else:
+        gcfg = tomllib.load(open(gw_cfg_src, "rb"))
+        models = set((gcfg.get("models") or {}).keys())
+        env_up = (gw.get("environment") or {}).get("LLM_GATEWAY_UPSTREAM")
+        if env_up and "default" not in (gcfg.get("pools") or {}):
+            pr.add("LLM_GATEWAY_UPSTREAM replaces pool 'default', which the gateway config lacks")
+        if env_up and (gcfg.get("routing") or {}).get("default_pool", "default") != "default":
+            pr.add("the default pool is not 'default': LLM_UPSTREAM_URL would not route anything")
+        sim = services.get("vllm-sim", {})
+        served = [a.split("=", 1)[1] for a in sim.get("command", []) if a.startswith("--model=")]
+        for m in served:
+            if m not in models:
+                pr.add(f"vllm-sim serves {m}, not in the gateway's [models] ({sorted(models)}): its metrics say model=other")
+        for name, svc in services.items():
+            cmd = svc.get("command") or []
+            if cmd[:1] == ["loadgen"]:
+                lm = next((a.split("=", 1)[1] for a in cmd if a.startswith("--model=")), None)
+                if lm not in served:
+                    pr.add(f"{name} asks for model {lm}, which vllm-sim does not serve ({served})")
+                if gcfg.get("tenants") and not any(a.startswith("--api-key") for a in cmd):
+                    pr.add(f"{name} sends no --api-key but the gateway config has tenants")
+        pr.ok(f"gateway config {os.path.basename(gw_cfg_src)}: models {sorted(models)}, sim serves {served}")
+
     # Alertmanager: every *_file it reads is provided to the container.
     am = services.get("alertmanager", {})
     am_cfg_src = next(
