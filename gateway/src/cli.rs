@@ -15,20 +15,25 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
-    #[arg(long, env = "LLM_GATEWAY_LISTEN")]
+    #[arg(long, env = "LLM_GATEWAY_LISTEN", global = true)]
     pub listen: Option<String>,
 
     /// Upstream vLLM base URL; repeat for several endpoints of the default pool
     /// (env: comma-separated).
-    #[arg(long = "upstream", env = "LLM_GATEWAY_UPSTREAM", value_delimiter = ',')]
+    #[arg(
+        long = "upstream",
+        env = "LLM_GATEWAY_UPSTREAM",
+        value_delimiter = ',',
+        global = true
+    )]
     pub upstream: Vec<String>,
 
     /// Where events go: `-` for stdout (default) or a file path.
-    #[arg(long, env = "LLM_GATEWAY_EVENTS")]
+    #[arg(long, env = "LLM_GATEWAY_EVENTS", global = true)]
     pub events: Option<String>,
 
     /// Start an in-process simulated vLLM as the upstream.
-    #[arg(long, env = "LLM_GATEWAY_DEMO")]
+    #[arg(long, env = "LLM_GATEWAY_DEMO", global = true)]
     pub demo: bool,
 
     #[command(subcommand)]

@@ -1,0 +1,92 @@
+//! Configuration: the example file parses and validates; `check-config`
+//! prints the effective configuration; bad files fail with a clear error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use gateway::config::RawConfig;
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.example.toml")
+}
+
+#[test]
+fn example_config_parses_and_validates() {
+    let raw = RawConfig::load(&example()).unwrap();
+    let cfg = raw.validate().unwrap();
+    assert_eq!(cfg.pools.len(), 2);
+    assert!(cfg.long_context.is_some());
+    assert_eq!(cfg.tenants.len(), 2);
+    assert_eq!(cfg.prices.len(), 2);
+    assert_eq!(cfg.listen.port(), 8080);
+    // Every table of the example is documented with comments.
+    let text = std::fs::read_to_string(example()).unwrap();
+    for table in [
+        "[server]",
+        "[timeouts]",
+        "[events]",
+        "[routing]",
+        "[health]",
+        "[refusal]",
+    ] {
+        assert!(text.contains(table), "{table}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let out = Command::new(common::bin())
+        .args(["check-config", "--config"])
+        .arg(example())
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration is valid"));
+    assert!(stdout.contains("listen = \"127.0.0.1:0\""), "{stdout}");
+    assert!(stdout.contains("http://127.0.0.1:9000"), "{stdout}");
+    assert!(
+        stdout.contains("first_byte_ms = 60000"),
+        "defaults are shown: {stdout}"
+    );
+    // The printed configuration is itself a valid config file.
+    let again = RawConfig::parse(stdout.split_once('\n').unwrap().1).unwrap();
+    assert!(again.validate().is_ok());
+}
+
+#[test]
+fn bad_config_fails_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    for (text, needle) in [
+        ("[server]\nlisten_address = \"x\"\n", "unknown field"),
+        ("[pools.a]\nendpoints = [\"ftp://x\"]\n", "http or https"),
+        (
+            "[pools.a]\nendpoints = [\"http://h:1\"]\n[refusal]\n[[refusal.rules]]\nid = \"x\"\npattern = \"(\"\n",
+            "refusal",
+        ),
+    ] {
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new(common::bin())
+            .args(["check-config", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
