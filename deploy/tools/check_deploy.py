@@ -463,6 +463,18 @@ def k8s_split(rendered: str, out_json: str) -> int:
     return 0 if docs else 1
 
 
+def _quantity_bytes(q) -> int | None:
+    """Kubernetes quantity (1Gi, 500Mi, 1G, 1000) in bytes."""
+    if q is None:
+        return None
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q))
+    if not m:
+        return None
+    mult = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
 def _matches(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -586,6 +598,18 @@ def k8s_wiring(rendered: str, namespace: str | None, tenants: list[str]) -> int:
             pr.add(f"terminationGracePeriodSeconds {tgp} <= {budget}")
         else:
             pr.ok(f"terminationGracePeriodSeconds {tgp} > {budget}")
+        # The events file must rotate inside the emptyDir's sizeLimit, or the pod is evicted.
+        ev_cfg = gateway_toml.get("events") or {}
+        max_bytes = int(ev_cfg.get("max_file_bytes", 0))
+        files = 1 + int(ev_cfg.get("max_files", 5))
+        ev_vol = vols.get((mount_of(gw, os.path.dirname(ev or "/x/x")) or {}).get("name", ""), {})
+        limit = _quantity_bytes((ev_vol.get("emptyDir") or {}).get("sizeLimit"))
+        if max_bytes <= 0:
+            pr.add("gateway.toml [events] max_file_bytes is 0: the events file grows until the emptyDir fills")
+        elif limit and files * max_bytes >= limit:
+            pr.add(f"{files} event files x {max_bytes} B do not fit the emptyDir sizeLimit ({limit} B)")
+        else:
+            pr.ok(f"events rotate at {max_bytes} B, {files} files, emptyDir limit {limit} B")
         have = sorted((gateway_toml.get("tenants") or {}).keys())
         for t in tenants:
             if t not in have:
