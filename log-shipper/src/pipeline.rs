@@ -75,8 +75,10 @@ struct Progress {
     in_flight: Mutex<VecDeque<(i64, u64)>>,
     /// Oldest read time in the reader's open batch (0 = none).
     building_oldest_ns: AtomicI64,
-    /// Input bytes in the reader's open batch + bytes not read yet.
+    /// Input bytes in the reader's open batch.
     reader_pending: AtomicU64,
+    /// Read progress of the open files.
+    files: Mutex<Option<crate::tailer::SharedProgress>>,
 }
 
 impl Progress {
@@ -114,7 +116,11 @@ impl Progress {
             0.0
         };
         m.lag_seconds.set(lag);
-        let pending = bytes_in_flight + self.reader_pending.load(Ordering::Relaxed);
+        let unread = match self.files.lock() {
+            Ok(f) => f.as_ref().map_or(0, crate::tailer::unread_bytes),
+            Err(_) => 0,
+        };
+        let pending = bytes_in_flight + self.reader_pending.load(Ordering::Relaxed) + unread;
         m.pending_bytes.set(pending as i64);
     }
 }
@@ -219,6 +225,9 @@ pub async fn run(
                 saved,
             )
         });
+        if let (Some(t), Ok(mut f)) = (tailer.as_ref(), progress.files.lock()) {
+            *f = Some(t.progress());
+        }
         let ctx = ReaderCtx {
             parser,
             batcher: Batcher::new(
@@ -345,14 +354,13 @@ impl ReaderCtx {
         Ok(())
     }
 
-    fn publish_progress(&self, unread: u64) {
+    fn publish_progress(&self) {
         self.progress
             .building_oldest_ns
             .store(self.batcher.oldest_read_ns(), Ordering::Relaxed);
-        self.progress.reader_pending.store(
-            unread + self.batcher.pending_source_bytes(),
-            Ordering::Relaxed,
-        );
+        self.progress
+            .reader_pending
+            .store(self.batcher.pending_source_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -497,7 +505,7 @@ fn reader_loop(
                     }
                 }
             }
-            ctx.publish_progress(tailer.as_ref().map_or(0, Tailer::unread_bytes));
+            ctx.publish_progress();
             if ctx.batcher.is_due(Instant::now())
                 && let Some(b) = ctx.batcher.take()
             {

@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batcher::PosRef;
@@ -67,6 +69,32 @@ pub trait LineSink {
     fn closed(&mut self, id: FileId) -> Result<(), Stop>;
 }
 
+/// Read progress of one open file, shared with other threads (for the pending-bytes
+/// gauge, which must stay current while the reader is blocked by backpressure).
+#[derive(Debug)]
+pub struct FileProgress {
+    file: File,
+    read_pos: AtomicU64,
+}
+
+impl FileProgress {
+    /// Bytes in the file after the read position (`fstat`, so it sees growth).
+    pub fn unread(&self) -> u64 {
+        let size = self.file.metadata().map_or(0, |m| m.len());
+        size.saturating_sub(self.read_pos.load(Ordering::Relaxed))
+    }
+}
+
+/// The open files' progress.
+pub type SharedProgress = Arc<Mutex<Vec<Arc<FileProgress>>>>;
+
+/// Sum of unread bytes over the open files.
+pub fn unread_bytes(p: &SharedProgress) -> u64 {
+    p.lock()
+        .map(|v| v.iter().map(|f| f.unread()).sum())
+        .unwrap_or(0)
+}
+
 #[derive(Debug)]
 struct Tracked {
     id: FileId,
@@ -82,6 +110,7 @@ struct Tracked {
     draining: bool,
     eof_since: Option<Instant>,
     size: u64,
+    progress: Option<Arc<FileProgress>>,
 }
 
 /// Follows files; drive it with [`Tailer::poll`].
@@ -93,6 +122,7 @@ pub struct Tailer {
     next_discovery: Option<Instant>,
     started: bool,
     buf: Vec<u8>,
+    shared: SharedProgress,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -107,6 +137,32 @@ impl Tailer {
             next_discovery: None,
             started: false,
             buf: vec![0; READ_CHUNK],
+            shared: SharedProgress::default(),
+        }
+    }
+
+    /// Handle on the open files' read progress.
+    pub fn progress(&self) -> SharedProgress {
+        Arc::clone(&self.shared)
+    }
+
+    fn publish_files(&mut self) {
+        for t in &mut self.files {
+            if t.progress.is_none() {
+                if let Ok(f) = t.file.try_clone() {
+                    t.progress = Some(Arc::new(FileProgress {
+                        file: f,
+                        read_pos: AtomicU64::new(t.read_pos),
+                    }));
+                }
+            }
+        }
+        if let Ok(mut v) = self.shared.lock() {
+            *v = self
+                .files
+                .iter()
+                .filter_map(|t| t.progress.clone())
+                .collect();
         }
     }
 
@@ -166,6 +222,7 @@ impl Tailer {
         let mut seen: Vec<(FileId, PathBuf, u64)> = Vec::new();
         for pattern in &self.cfg.patterns {
             for path in glob::expand(pattern) {
+                let path = std::path::absolute(&path).unwrap_or(path);
                 match fs::metadata(&path) {
                     Ok(meta) if meta.is_file() => {
                         let id = FileId::of(&meta);
@@ -247,6 +304,7 @@ impl Tailer {
             self.started = true;
             self.recover_saved(sink)?;
         }
+        self.publish_files();
         Ok(())
     }
 
@@ -315,9 +373,9 @@ impl Tailer {
     fn handle_truncation(&mut self, i: usize, now: Instant) {
         let tracked: Vec<FileId> = self.files.iter().map(|t| t.id).collect();
         let t = &mut self.files[i];
-        let (old_fp, old_offset) = (t.fp, t.offset);
+        let (old_fp, old_offset, old_read_pos) = (t.fp, t.offset, t.read_pos);
         tracing::warn!(path = %t.path.display(), offset = old_offset, "file truncated or rewritten; reading it from the start");
-        let copy = if old_offset > 0 {
+        let copy = if old_read_pos > 0 {
             find_copy(&t.path, &tracked, old_fp, old_offset)
         } else {
             None
@@ -332,6 +390,9 @@ impl Tailer {
         }
         t.fp = Fingerprint::of_file(&t.file).unwrap_or_default();
         t.size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Some(p) = &t.progress {
+            p.read_pos.store(0, Ordering::Relaxed);
+        }
         if let Some((path, file, size)) = copy {
             tracing::info!(path = %path.display(), offset = old_offset, "reading the rest of the truncated file from its copy");
             let Ok(meta) = file.metadata() else { return };
@@ -345,7 +406,9 @@ impl Tailer {
                 true,
             ) {
                 c.eof_since = None;
-                self.files.push(c);
+                // Before the truncated file, so the old lines come out first.
+                self.files.insert(i, c);
+                self.publish_files();
             }
         }
         let _ = now;
@@ -386,6 +449,24 @@ impl Tailer {
                 break;
             }
             t.eof_since = None;
+            if !t.fp.is_full() {
+                // Strengthen the fingerprint before handing out lines past it, so that
+                // positions and truncation checks always use as many bytes as exist.
+                match t.fp.matches(&t.file) {
+                    Ok(true) => {
+                        if let Ok(fp) = Fingerprint::of_file(&t.file) {
+                            t.fp = fp;
+                        }
+                    }
+                    Ok(false) => {
+                        self.handle_truncation(i, now);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %t.path.display(), error = %e, "cannot read fingerprint")
+                    }
+                }
+            }
             total += n;
             let chunk = &self.buf[..n];
             let mut start = 0usize;
@@ -430,6 +511,9 @@ impl Tailer {
             }
             append_capped(&mut t.partial, &mut t.overflow, &chunk[start..], cap);
             t.read_pos += n as u64;
+            if let Some(p) = &t.progress {
+                p.read_pos.store(t.read_pos, Ordering::Relaxed);
+            }
             if t.read_pos > t.size {
                 t.size = t.read_pos;
             }
@@ -449,6 +533,7 @@ impl Tailer {
                 tracing::info!(path = %t.path.display(), "closing rotated file");
                 let id = t.id;
                 self.files.remove(i);
+                self.publish_files();
                 sink.closed(id)?;
             } else {
                 i += 1;
@@ -516,6 +601,7 @@ fn open_at(
         draining,
         eof_since: None,
         size,
+        progress: None,
     })
 }
 
