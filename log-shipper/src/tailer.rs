@@ -148,13 +148,13 @@ impl Tailer {
 
     fn publish_files(&mut self) {
         for t in &mut self.files {
-            if t.progress.is_none() {
-                if let Ok(f) = t.file.try_clone() {
-                    t.progress = Some(Arc::new(FileProgress {
-                        file: f,
-                        read_pos: AtomicU64::new(t.read_pos),
-                    }));
-                }
+            if t.progress.is_none()
+                && let Ok(f) = t.file.try_clone()
+            {
+                t.progress = Some(Arc::new(FileProgress {
+                    file: f,
+                    read_pos: AtomicU64::new(t.read_pos),
+                }));
             }
         }
         if let Ok(mut v) = self.shared.lock() {
