@@ -8,7 +8,9 @@
 //! - [`text`]: deterministic text, token estimates and refusal phrasings.
 //! - [`loadgen`]: traffic scenarios and statistics behind the `loadgen` binary.
 
+mod embeddings;
 pub mod engine;
+mod generate;
 pub mod loadgen;
 pub mod metrics;
 pub mod server;
