@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// 1. Loki answers 503 for a while, then recovers: every line arrives.
+/// Fault 1: Loki answers 503 for a while, then recovers: every line arrives.
 #[test]
 fn loki_503_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,8 +47,8 @@ fn loki_503_then_recovers() {
     assert!(status.success(), "{status:?}");
 }
 
-/// 2. SIGKILL several times during a 100,000-line run: every line arrives; duplicates
-/// at most one batch per kill.
+/// Fault 2: SIGKILL several times during a 100,000-line run: every line arrives;
+/// duplicates are at most one batch per kill.
 #[test]
 fn sigkill_restarts_lose_nothing() {
     const N: usize = 100_000;
@@ -99,7 +99,7 @@ fn sigkill_restarts_lose_nothing() {
     );
 }
 
-/// 3. Rotation, both styles, many times during the run: nothing lost.
+/// Fault 3: Rotation, both styles, many times during the run: nothing lost.
 ///
 /// Each file is rotated while the shipper is part-way through it (its second half is
 /// written just before the rotation), and the next rotation only happens once the
@@ -148,7 +148,7 @@ fn rotation_both_styles_loses_nothing() {
     assert_eq!(metric(&maddr, "log_shipper_dropped_entries_total"), 0.0);
 }
 
-/// 4. A 400 for one batch: counted and skipped, the rest flows.
+/// Fault 4: A 400 for one batch: counted and skipped, the rest flows.
 #[test]
 fn rejected_batch_is_counted_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,8 +206,8 @@ fn rejected_batch_is_counted_and_skipped() {
     drop(ship);
 }
 
-/// 5. Memory stays bounded while Loki is down and the file keeps growing; then
-/// everything arrives.
+/// Fault 5: Memory stays bounded while Loki is down and the file keeps growing;
+/// then everything arrives.
 #[test]
 fn memory_bounded_while_loki_down() {
     let dir = tempfile::tempdir().unwrap();
