@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use regex::bytes::{RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
@@ -98,9 +98,13 @@ struct RuleMeta {
 #[derive(Debug)]
 pub struct Detector {
     enabled: bool,
-    /// Rule patterns (`rules.len()` of them), the overrides, then
-    /// [`AI_OPENING`].
+    /// Rule patterns (`rules.len()` of them), then [`AI_OPENING`].
     set: RegexSet,
+    /// The answer-follows overrides as one alternation. Only consulted when
+    /// a soft match needs it: an unanchored case-insensitive search is cheap
+    /// as a leftmost `is_match` but not inside an overlapping set search.
+    /// `None` only in the inert fallback of [`Detector::with_defaults`].
+    answer_follows: Option<Regex>,
     rules: Vec<RuleMeta>,
     scan_bytes: usize,
     audit_excerpt_chars: usize,
@@ -162,6 +166,7 @@ impl Detector {
                 Detector {
                     enabled: false,
                     set: RegexSet::empty(),
+                    answer_follows: None,
                     rules: Vec::new(),
                     scan_bytes: DEFAULT_SCAN_BYTES,
                     audit_excerpt_chars: 0,
@@ -178,7 +183,7 @@ impl Detector {
     ) -> Result<Detector, RefusalError> {
         let mut seen = std::collections::HashSet::new();
         let mut rules = Vec::with_capacity(specs.len());
-        let mut patterns = Vec::with_capacity(specs.len() + OVERRIDES.len());
+        let mut patterns = Vec::with_capacity(specs.len() + 1);
         for (index, spec) in specs.iter().enumerate() {
             if !valid_id(&spec.id) {
                 return Err(RefusalError::InvalidId {
@@ -210,16 +215,17 @@ impl Detector {
             });
             patterns.push(spec.pattern.clone());
         }
-        patterns.extend(OVERRIDES.iter().map(|(_, t)| expand(t)));
         patterns.push(expand(AI_OPENING));
         let set = RegexSetBuilder::new(&patterns)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(DFA_SIZE_LIMIT)
             .build()
             .map_err(|e| RefusalError::RuleSet(e.to_string()))?;
+        let answer_follows = answer_follows_regex()?;
         Ok(Detector {
             enabled,
             set,
+            answer_follows: Some(answer_follows),
             rules,
             scan_bytes,
             audit_excerpt_chars,
@@ -255,6 +261,12 @@ impl Detector {
         Some(&text[..end])
     }
 
+    fn answer_follows_in(&self, window: &[u8]) -> bool {
+        self.answer_follows
+            .as_ref()
+            .is_some_and(|re| re.is_match(window))
+    }
+
     /// Classifies one response: upstream signals first, then the text rules
     /// over the first `scan_bytes` of `text`. Deterministic; allocates only
     /// when something matched.
@@ -274,8 +286,7 @@ impl Detector {
         }
         let matches = self.set.matches(window);
         let n = self.rules.len();
-        let answer_follows = (n..n + OVERRIDES.len()).any(|o| matches.matched(o));
-        let ai_opening = matches.matched(n + OVERRIDES.len());
+        let ai_opening = matches.matched(n);
         // First hard match; first soft rule; first match made soft by the AI opening.
         let (mut hard, mut soft, mut softened) = (None, None, None);
         for (i, rule) in self.rules.iter().enumerate() {
@@ -293,10 +304,25 @@ impl Detector {
         }
         match (hard, soft.or(softened)) {
             (Some(i), _) => Verdict::refusal(&self.rules[i].id),
-            (None, Some(i)) if !answer_follows => Verdict::refusal(&self.rules[i].id),
+            (None, Some(i)) if !self.answer_follows_in(window) => {
+                Verdict::refusal(&self.rules[i].id)
+            }
             _ => Verdict::default(),
         }
     }
+}
+
+/// One regex for all [`OVERRIDES`].
+fn answer_follows_regex() -> Result<Regex, RefusalError> {
+    let alternation = OVERRIDES
+        .iter()
+        .map(|(_, t)| format!("(?:{})", expand(t)))
+        .collect::<Vec<_>>()
+        .join("|");
+    RegexBuilder::new(&alternation)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RefusalError::RuleSet(e.to_string()))
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a char boundary.
