@@ -15,7 +15,8 @@
 //!    back) and calls [`Detector::detect`] at the end.
 //!    * A **hard** rule that matches decides: refusal.
 //!    * A **soft** rule (a disclaimer that often precedes a real answer)
-//!      counts only if no *answer-follows* override matches in the window:
+//!      counts only if no *answer-follows* override matches in the window
+//!      (checked with one more regex, and only in that case):
 //!      a line starting a list (`1.`, `-`, `*`, `•`), a code fence,
 //!      "Here is/are ..." at the start of a sentence (also after "However," or
 //!      "If you ..., here are"), "However, I can / you can / if / in ..." or
@@ -27,6 +28,11 @@
 //!      provide that." is a refusal.
 //!    * Among several matches the first hard rule in order is reported, else
 //!      the first soft one (compiled-in soft rules before softened ones).
+//!
+//! Cost: the compiled-in rules are anchored, so the set search stops after
+//! the opening sentences whatever the length of the response; about 1-3 µs
+//! per response (`benches/refusal.rs`). Unanchored custom rules scan the whole
+//! window.
 //!
 //! Rules are sentence-bounded rather than length-bounded: the gaps they allow
 //! stop at `.`, `!`, `?` and newlines, and the clause before a cue also stops
