@@ -130,7 +130,8 @@ pub struct RawTimeouts {
     #[serde(default = "default_connect_ms")]
     pub connect_ms: u64,
     /// From sending the request to the upstream's response headers, and for
-    /// streams to the first body chunk.
+    /// streams to the first body chunk. vLLM sends a non-streaming answer only
+    /// when it is complete, so for those this bounds the whole generation.
     #[serde(default = "default_first_byte_ms")]
     pub first_byte_ms: u64,
     /// Longest pause between two body chunks of the upstream.
@@ -145,7 +146,7 @@ fn default_connect_ms() -> u64 {
     2_000
 }
 fn default_first_byte_ms() -> u64 {
-    60_000
+    300_000
 }
 fn default_idle_ms() -> u64 {
     60_000

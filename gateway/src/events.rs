@@ -368,6 +368,8 @@ pub struct Recorder {
     pub sink: EventSink,
     pub metrics: Arc<Metrics>,
     pub prices: std::collections::HashMap<String, Price>,
+    /// Cancelled when the shutdown grace period is over.
+    pub hard_stop: tokio_util::sync::CancellationToken,
 }
 
 /// Refusal outcome of a response.
@@ -494,6 +496,12 @@ impl EventGuard {
             return;
         }
         self.done = true;
+        if self.status == 499 && self.rec.hard_stop.is_cancelled() {
+            // Cut by the end of the shutdown grace period, not by the client.
+            self.status = 503;
+            self.error_type = Some("shutting_down");
+            self.finish_reason = None;
+        }
         let latency = self.start.elapsed();
         let (prompt_tokens, completion_tokens) = match self.usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),

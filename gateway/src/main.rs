@@ -200,6 +200,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let health_stop = CancellationToken::new();
     upstreams.spawn_health_checks(&cfg, metrics.clone(), health_stop.clone());
 
+    let hard_stop = CancellationToken::new();
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         upstreams,
@@ -208,11 +209,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             sink: sink.clone(),
             metrics: metrics.clone(),
             prices: cfg.prices.clone(),
+            hard_stop: hard_stop.clone(),
         }),
         auth: Auth::new(&cfg.tenants),
         global: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
         draining: AtomicBool::new(false),
-        hard_stop: CancellationToken::new(),
+        hard_stop,
     });
 
     // Phase 5: listen.
@@ -230,6 +232,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 
     let stop_accepting = CancellationToken::new();
     let app = routes::router(state.clone());
+    // Small SSE writes must not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = {
         let stop = stop_accepting.clone();
         tokio::spawn(async move {

@@ -77,3 +77,48 @@ async fn demo_serves_with_no_setup() {
     let ready = c.get(format!("{}/readyz", gw.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[test]
+fn refusal_check_and_eval_subcommands() {
+    let mut child = Command::new(bin())
+        .args(["refusal", "check"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"text\":\"I'm sorry, but I can't help with that.\"}\n{\"text\":\"Paris is the capital of France.\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["refusal"], true);
+    assert_eq!(lines[1]["refusal"], false);
+
+    let dir = tempfile::tempdir().unwrap();
+    let labeled = dir.path().join("labeled.jsonl");
+    std::fs::write(
+        &labeled,
+        "{\"text\":\"I can't help with that.\",\"label\":\"refusal\"}\n{\"text\":\"Sure, here it is.\",\"label\":\"compliance\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["refusal", "eval", "--labeled"])
+        .arg(&labeled)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+}

@@ -59,7 +59,7 @@ fn check_config_prints_the_effective_config() {
     assert!(stdout.contains("listen = \"127.0.0.1:0\""), "{stdout}");
     assert!(stdout.contains("http://127.0.0.1:9000"), "{stdout}");
     assert!(
-        stdout.contains("first_byte_ms = 60000"),
+        stdout.contains("first_byte_ms = 300000"),
         "defaults are shown: {stdout}"
     );
     // The printed configuration is itself a valid config file.
