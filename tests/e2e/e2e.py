@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import http.server
+import threading
 import http.client
 import json
 import os
@@ -53,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("E2E_BIN_DIR", ROOT / "target" / "debug"))
 RULES_GLOB = str(ROOT / "logql-rules" / "prometheus" / "*.rules.yml")
 EVENTS_SCHEMA = ROOT / "docs" / "events.schema.json"
+AM_CONFIG = ROOT / "logql-rules" / "alertmanager" / "alertmanager.yml"
 FAST = os.environ.get("E2E_FAST") == "1"
 KEEP = os.environ.get("E2E_KEEP") == "1"
 
@@ -91,6 +94,12 @@ EXPECTED = [
     ("GatewayErrorRateHigh", "model", ERR, "error-storm"),
     ("GatewayErrorRateCritical", "model", ERR, "error-storm"),
 ]
+# Alertmanager (the project's routes and inhibitions): warnings muted by a firing critical
+# of the same `family` and model. Every other expected alert is delivered by severity.
+INHIBITED = {("VllmErrorRateHigh", ERR), ("GatewayErrorRateHigh", ERR)}
+RECEIVERS_BY_SEVERITY = {"critical": {"pagerduty", "slack-critical"}, "warning": {"slack-warning"},
+                         "info": {"email-info"}}
+
 # Alerts that may legitimately go pending (or fire) during a scenario, but need not.
 TOLERATED = [
     # P95 of ~9 s requests lands just below 10 s; CPU contention can push it over.
@@ -225,6 +234,7 @@ class Procs:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.all: list[Proc] = []
+        self.webhook: WebhookRecorder | None = None
 
     def start(self, name: str, argv: list[str]) -> Proc:
         p = Proc(name, [str(a) for a in argv], self.workdir)
@@ -235,6 +245,9 @@ class Procs:
         for p in reversed(self.all):
             if p.exit_code is None:
                 p.stop(grace=10.0)
+        if self.webhook is not None:
+            self.webhook.close()
+            self.webhook = None
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +377,71 @@ def gateway_config(workdir: Path, sim: str, events: Path) -> Path:
     return path
 
 
-def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str) -> Path:
+def alertmanager_config(workdir: Path, webhook: str) -> Path:
+    """The project's routes and inhibitions unchanged; each receiver's integrations replaced
+    by a webhook to the local recorder (nothing leaves the machine, no secrets needed)."""
+    src = yaml.safe_load(AM_CONFIG.read_text())
+    cfg = {
+        "global": {"resolve_timeout": src.get("global", {}).get("resolve_timeout", "5m")},
+        "route": src["route"],
+        "inhibit_rules": src.get("inhibit_rules", []),
+        "receivers": [
+            {"name": r["name"], "webhook_configs": [{"url": f"http://{webhook}/{r['name']}", "send_resolved": True}]}
+            for r in src["receivers"]
+        ],
+    }
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class WebhookRecorder:
+    """Records Alertmanager webhook notifications: (receiver, status, labels)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.notes: list[tuple[float, str, str, dict]] = []
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("content-length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(n))
+                    with rec.lock:
+                        for a in body.get("alerts", []):
+                            rec.notes.append((time.monotonic(), body.get("receiver", ""), a.get("status", ""),
+                                              a.get("labels", {})))
+                except ValueError:
+                    pass
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def delivered(self) -> dict[tuple[str, str], set[str]]:
+        """(alertname, model) -> receivers that got it firing."""
+        out: dict[tuple[str, str], set[str]] = {}
+        with self.lock:
+            for _, receiver, status, lb in self.notes:
+                if status == "firing":
+                    k = (lb.get("alertname", ""), lb.get("model") or lb.get("model_name") or "")
+                    out.setdefault(k, set()).add(receiver)
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str, am: str | None) -> Path:
     cfg = {
         "global": {"scrape_interval": "5s", "scrape_timeout": "4s", "evaluation_interval": "5s"},
         # The project's rule files, loaded in place and unchanged.
@@ -375,6 +452,8 @@ def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str) -> Path:
             {"job_name": "log-shipper", "static_configs": [{"targets": [shipper]}]},
         ],
     }
+    if am:
+        cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]}
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -587,7 +666,28 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     shipper_addr = shipper.wait_listening(30, r"metrics listening on (\S+)")
     log(f"sim {sim_addr}, gateway {gw_addr}, shipper metrics {shipper_addr}, receiver {rec_addr}")
 
-    prom_cfg = prometheus_config(workdir, sim_addr, gw_addr, shipper_addr)
+    am_addr = None
+    am_bin = os.environ.get("ALERTMANAGER") or shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    webhook = None
+    if am_bin and AM_CONFIG.exists():
+        webhook = WebhookRecorder()
+        procs.webhook = webhook
+        am_cfg = alertmanager_config(workdir, webhook.addr)
+        for attempt in range(3):
+            am_addr = f"127.0.0.1:{free_port()}"
+            am = procs.start(f"alertmanager-{attempt}", [
+                am_bin, f"--config.file={am_cfg}", f"--storage.path={workdir / f'am{attempt}'}",
+                f"--web.listen-address={am_addr}", "--cluster.listen-address=", "--log.level=warn",
+            ])
+            if wait_until(lambda: (not am.running()) or _ready(am_addr), 60) and am.running():
+                break
+            am.stop()
+        else:
+            raise Abort(f"alertmanager did not start: {am.stderr_text()[-2000:]}")
+        log(f"alertmanager {am_addr} ({am_bin}), routes and inhibitions of {AM_CONFIG.relative_to(ROOT)}")
+    else:
+        log("no Alertmanager binary (Debian prometheus-alertmanager): delivery not checked")
+    prom_cfg = prometheus_config(workdir, sim_addr, gw_addr, shipper_addr, am_addr)
     prom_addr = ""
     for attempt in range(3):
         prom_addr = f"127.0.0.1:{free_port()}"
@@ -847,6 +947,33 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
               f"{len(bad_labels)} wrong, e.g. {bad_labels[:2]}")
     chk.check("entry line is the event line unchanged", not bad_line, f"{len(bad_line)} differ")
     chk.check("entry timestamp is the event's ts", not bad_ts, f"{len(bad_ts)} differ, e.g. {bad_ts[:2]}")
+
+    # --- Alertmanager: routes and inhibitions of the project's config ---------------------
+    if webhook is not None:
+        want: dict[tuple[str, str], set[str]] = {("Watchdog", ""): {"watchdog"}}
+        for (name, model) in expected_keys:
+            if ((name, model), "firing") in watch.first and (name, model) not in INHIBITED:
+                want[(name, model)] = RECEIVERS_BY_SEVERITY[rules[name]["labels"]["severity"]]
+        t_wait = time.monotonic()
+        wait_until(lambda: all(v <= webhook.delivered().get(k, set()) for k, v in want.items()), 60, 1)
+        log(f"alertmanager deliveries complete after {time.monotonic() - t_wait:.0f}s more")
+        got_d = webhook.delivered()
+        for k, receivers in sorted(want.items()):
+            chk.check(f"alertmanager delivers {k[0]}{'{' + k[1] + '}' if k[1] else ''} to {', '.join(sorted(receivers))}",
+                      got_d.get(k, set()) == receivers, f"got {sorted(got_d.get(k, set()))}")
+        _, body = http_get(f"http://{am_addr}/api/v2/alerts")
+        am_alerts = {(a["labels"].get("alertname"), a["labels"].get("model") or a["labels"].get("model_name") or ""): a
+                     for a in json.loads(body)}
+        for k in sorted(INHIBITED):
+            if (k, "firing") not in watch.first:
+                continue
+            st = am_alerts.get(k, {}).get("status", {})
+            chk.check(f"alertmanager inhibits {k[0]}{{{k[1]}}} (critical of its family firing)",
+                      k not in got_d and (k not in am_alerts or (st.get("state") == "suppressed" and st.get("inhibitedBy"))),
+                      f"delivered to {sorted(got_d.get(k, set()))}, state {st.get('state')}")
+        allowed = set(want) | tolerated_keys
+        extra = {k: sorted(v) for k, v in got_d.items() if k not in allowed}
+        chk.check("alertmanager delivers nothing else", not extra, why=f"{extra}")
 
     # --- metrics agree with the events ------------------------------------------------
     time.sleep(11)  # two scrapes after the last event
