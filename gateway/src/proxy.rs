@@ -424,7 +424,11 @@ async fn send_with_retry(
         let req = state
             .upstreams
             .client
-            .post(format!("{}{}", ep.base, api.path()))
+            .post(match api {
+                Api::ChatCompletions => ep.chat_url.clone(),
+                Api::Completions => ep.completions_url.clone(),
+                Api::Embeddings => ep.embeddings_url.clone(),
+            })
             .headers(upstream_headers(headers, &guard.request_id, pool))
             .body(body.clone());
         let until = deadline.min(Instant::now() + cfg.first_byte_timeout);

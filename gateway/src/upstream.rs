@@ -19,6 +19,10 @@ use crate::metrics::{Label, Metrics};
 pub struct Endpoint {
     pub base: String,
     pub label: Label,
+    /// Pre-parsed URLs of the proxied routes (no URL parsing per request).
+    pub chat_url: reqwest::Url,
+    pub completions_url: reqwest::Url,
+    pub embeddings_url: reqwest::Url,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     failures: AtomicU32,
@@ -166,18 +170,22 @@ impl Upstreams {
             let endpoints: Vec<Arc<Endpoint>> = p
                 .endpoints
                 .iter()
-                .map(|e| {
+                .map(|e| -> anyhow::Result<Arc<Endpoint>> {
+                    let url = |path: &str| reqwest::Url::parse(&format!("{}{path}", e.base));
                     let ep = Endpoint {
                         base: e.base.clone(),
                         label: Arc::new(e.label.clone()),
+                        chat_url: url("/v1/chat/completions")?,
+                        completions_url: url("/v1/completions")?,
+                        embeddings_url: url("/v1/embeddings")?,
                         in_flight: AtomicUsize::new(0),
                         healthy: AtomicBool::new(true),
                         failures: AtomicU32::new(0),
                     };
                     metrics.set_upstream_up(&name, &ep.label, true);
-                    Arc::new(ep)
+                    Ok(Arc::new(ep))
                 })
-                .collect();
+                .collect::<anyhow::Result<_>>()?;
             let auth = match &p.api_key {
                 Some(k) => {
                     let mut v = HeaderValue::from_str(&format!("Bearer {k}"))?;
@@ -335,9 +343,13 @@ mod tests {
             name: Arc::new("p".into()),
             endpoints: (0..n)
                 .map(|i| {
+                    let u = reqwest::Url::parse(&format!("http://h{i}:1/")).unwrap();
                     Arc::new(Endpoint {
                         base: format!("http://h{i}:1"),
                         label: Arc::new(format!("h{i}:1")),
+                        chat_url: u.clone(),
+                        completions_url: u.clone(),
+                        embeddings_url: u,
                         in_flight: AtomicUsize::new(0),
                         healthy: AtomicBool::new(true),
                         failures: AtomicU32::new(0),
