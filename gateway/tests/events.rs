@@ -484,3 +484,34 @@ async fn no_text_in_events_unless_audit_is_on() {
     let raw = std::fs::read_to_string(&gw.events_path).unwrap();
     assert!(!raw.contains(secret_prompt));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_to_stdout_for_containers() {
+    use std::io::BufRead;
+    let sim = start_sim(fast_sim()).await;
+    let mut gw = Gateway::start_with(&["--upstream", &sim.url, "--events", "-"], None, |c| {
+        c.stdout(std::process::Stdio::piped());
+    });
+    let stdout = gw.take_stdout().unwrap();
+    let r = client()
+        .post(gw.chat_url())
+        .header("x-request-id", "to-stdout")
+        .json(&chat("m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let ev: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["request_id"], "to-stdout");
+    // Diagnostics never go to stdout.
+    assert!(gw.stderr().contains("listening on"));
+}

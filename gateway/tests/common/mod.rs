@@ -242,6 +242,11 @@ impl Gateway {
         }
     }
 
+    /// The child's stdout (only if the `tweak` made it piped).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
