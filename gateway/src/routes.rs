@@ -26,7 +26,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(ensure_request_id))
         .with_state(state)
+}
+
+/// Every response carries `x-request-id` (the `/v1` handlers set it themselves).
+async fn ensure_request_id(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let client_id = req.headers().get("x-request-id").cloned();
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key("x-request-id") {
+        let mut h = axum::http::HeaderMap::new();
+        if let Some(v) = client_id {
+            h.insert("x-request-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&proxy::request_id(&h)) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+    }
+    resp
 }
 
 async fn chat(State(s): State<Arc<AppState>>, req: Request<Body>) -> Response {
