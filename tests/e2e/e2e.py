@@ -549,7 +549,8 @@ def direct_requests(gw: str, chk: Checks) -> dict[str, dict]:
         chk.check(
             f"direct {rid}: HTTP {want_status}",
             status == want_status and hdrs.get("x-request-id") == rid,
-            f"got {status}, x-request-id {hdrs.get('x-request-id')!r}, body {data[:200]!r}",
+            f"got {status}, x-request-id {hdrs.get('x-request-id')!r}",
+            why=f"body {data[:300]!r}",
         )
         if want_status >= 400 and want_status != 401:
             try:
@@ -557,7 +558,7 @@ def direct_requests(gw: str, chk: Checks) -> dict[str, dict]:
                 ok = isinstance(err, dict) and {"message", "type", "code"} <= set(err)
             except (ValueError, KeyError, TypeError):
                 ok = False
-            chk.check(f"direct {rid}: OpenAI error shape", ok, data[:200].decode(errors="replace"))
+            chk.check(f"direct {rid}: OpenAI error shape", ok, data[:160].decode(errors="replace"))
         expect[rid] = fields
 
     one("e2e-ok", "POST", "/v1/chat/completions", chat(CONTROL), auth, 200,
@@ -707,7 +708,7 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     status, body = http_get(f"http://{prom_addr}/api/v1/rules")
     groups = [g["name"] for g in json.loads(body)["data"]["groups"]]
     chk.check("prometheus loaded every rule group of logql-rules/prometheus", sorted(groups) == sorted(rule_groups()),
-              f"prometheus {sorted(groups)} vs files {sorted(rule_groups())}")
+              f"{len(groups)} groups", why=f"prometheus {sorted(groups)} vs files {sorted(rule_groups())}")
 
     def targets_up():
         _, b = http_get(f"http://{prom_addr}/api/v1/targets")
