@@ -418,11 +418,13 @@ pub struct Price {
 }
 
 impl Price {
-    /// Cost of one request.
+    /// Cost of one request, rounded to 1e-10 USD so events carry `0.0000237`,
+    /// not the binary-float noise `0.000023700000000000003`.
     pub fn cost(&self, prompt_tokens: Option<u64>, completion_tokens: Option<u64>) -> f64 {
-        (prompt_tokens.unwrap_or(0) as f64 * self.prompt_usd_per_million_tokens
+        let usd = (prompt_tokens.unwrap_or(0) as f64 * self.prompt_usd_per_million_tokens
             + completion_tokens.unwrap_or(0) as f64 * self.completion_usd_per_million_tokens)
-            / 1_000_000.0
+            / 1_000_000.0;
+        (usd * 1e10).round() / 1e10
     }
 }
 
@@ -749,6 +751,14 @@ max_concurrent_requests = 3
         assert_eq!(cfg.pools[long].endpoints[0].label, "long.internal:443");
         let p = cfg.prices["m1"];
         assert!((p.cost(Some(1_000_000), Some(500_000)) - 2.0).abs() < 1e-9);
+        let demo = Price {
+            prompt_usd_per_million_tokens: 0.10,
+            completion_usd_per_million_tokens: 0.20,
+        };
+        assert_eq!(
+            serde_json::to_string(&demo.cost(Some(109), Some(64))).unwrap(),
+            "0.0000237"
+        );
         assert_eq!(cfg.tenants[0].max_concurrent_requests, Some(3));
     }
 
