@@ -87,6 +87,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let res = log_shipper::pipeline::run(cfg, Arc::clone(&metrics), stop, hard_stop.clone()).await;
     hard_stop.cancel();
     res?;
-    tracing::info!("stopped");
+    let (peak_rss, _) = log_shipper::metrics::memory_bytes();
+    tracing::info!(
+        peak_rss_bytes = peak_rss,
+        cpu_seconds = log_shipper::metrics::cpu_seconds(),
+        lines_read = metrics.lines_read.get(),
+        entries_sent = metrics.entries_sent.get(),
+        "stopped"
+    );
     Ok(())
 }

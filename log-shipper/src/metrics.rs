@@ -177,6 +177,11 @@ pub fn memory_bytes() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// User + system CPU time of this process in seconds.
+pub fn cpu_seconds() -> f64 {
+    cpu_and_start().map_or(0.0, |(c, _, _)| c)
+}
+
 fn cpu_and_start() -> Option<(f64, f64, u64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -100,6 +100,13 @@ pub fn is_valid_label_name(name: &str) -> bool {
 
 /// Appends `value` escaped for a double-quoted LogQL/PromQL string literal.
 pub fn escape_label_value_into(out: &mut String, value: &str) {
+    if !value
+        .bytes()
+        .any(|b| b == b'\\' || b == b'"' || b < 0x20 || b == 0x7f)
+    {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -506,6 +506,7 @@ fn reader_loop(
                 }
             }
             ctx.publish_progress();
+            ctx.flush_counts();
             if ctx.batcher.is_due(Instant::now())
                 && let Some(b) = ctx.batcher.take()
             {
