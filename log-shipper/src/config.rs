@@ -615,6 +615,15 @@ line_too_long = "drop"
     }
 
     #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../log-shipper.example.toml");
+        let c = Config::from_toml(text, Path::new("log-shipper.example.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9101".parse().unwrap()));
+    }
+
+    #[test]
     fn secrets() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("s");
