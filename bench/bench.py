@@ -1168,6 +1168,18 @@ def rerender(path):
     ns = argparse.Namespace(**st)
     stamp = res.get("stamp") or os.path.basename(path)[:10] + "T000000Z"
     ctx = argparse.Namespace(stamp=stamp, quick=st.get("quick"), pin=st.get("pin"), args=ns)
+    # Results written before the "overloaded" verdict existed: derive it from the windows.
+    ov = res.get("overhead") or {}
+    for row in ov.get("rates", []):
+        for name, cell in row.items():
+            if not isinstance(cell, dict) or "overloaded" in cell or "sustained" not in cell:
+                continue
+            ws = [w for w in ov.get("windows", []) if w.get("target") == name and w.get("rate") == row["rate"]]
+            cell["overloaded"] = not ws or any(
+                w.get("requests", 0) < SUSTAIN_MIN_ACHIEVED * w["rate"] * w["secs"]
+                or w.get("errors", 0) + w.get("skipped", 0) + w.get("unfinished", 0)
+                > SUSTAIN_MAX_BAD * max(1, w.get("requests", 0))
+                or (w.get("p50_ms") or 0) > OVERLOAD_P50_MS for w in ws)
     base = write_report(ctx, res)
     print_summary(res, base)
 
