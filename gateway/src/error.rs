@@ -198,6 +198,14 @@ fn value_text(v: &serde_json::Value) -> String {
 
 /// Brings an upstream error body into the OpenAI shape. A body already in the
 /// nested shape (`{"error":{...}}`) is returned unchanged.
+/// True when an OpenAI-shaped error body names the `model` parameter (vLLM's unknown-model 404).
+pub fn names_model_param(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/error/param")?.as_str().map(|p| p == "model"))
+        .unwrap_or(false)
+}
+
 pub fn normalize_upstream_error(status: u16, body: &[u8]) -> Bytes {
     let code_str = format!("upstream_http_{status}");
     let parsed: Option<AnyError> = serde_json::from_slice(body).ok();
@@ -298,6 +306,16 @@ mod tests {
             assert!(v["error"]["type"].is_string());
             assert!(v["error"].get("param").is_some());
         }
+    }
+
+    #[test]
+    fn unknown_model_errors_are_recognised() {
+        let vllm = br#"{"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":"model","code":404}}"#;
+        assert!(names_model_param(vllm));
+        assert!(!names_model_param(
+            br#"{"error":{"message":"no","param":null}}"#
+        ));
+        assert!(!names_model_param(b"not json"));
     }
 
     #[test]

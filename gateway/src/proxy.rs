@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::error::{GatewayError, normalize_upstream_error, sse_error_event};
+use crate::error::{GatewayError, names_model_param, normalize_upstream_error, sse_error_event};
 use crate::events::{EventGuard, Recorder, RefusalOutcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::refusal::Signals;
@@ -548,7 +548,14 @@ async fn forward(
             .await
             .unwrap_or_default();
         let out = normalize_upstream_error(status.as_u16(), &body);
-        guard.fail(status.as_u16(), "upstream_error");
+        // vLLM answers an unknown model with 404 `param: "model"`: the same cause as the
+        // gateway's own `model_not_found`, whichever of the two noticed it.
+        let error_type = if status == StatusCode::NOT_FOUND && names_model_param(&out) {
+            "model_not_found"
+        } else {
+            "upstream_error"
+        };
+        guard.fail(status.as_u16(), error_type);
         guard.finish();
         let mut r = (status, out).into_response();
         r.headers_mut().insert(

@@ -73,7 +73,7 @@ async fn rejected_input_gets_openai_errors() {
         assert_eq!(ev["error_type"], error_type, "{id}");
         assert_eq!(ev["level"], "warn", "{id}");
     }
-    // Unknown model: the upstream's 404 is relayed as is.
+    // Unknown model: the upstream's 404 is relayed as is; the event names the cause.
     let resp = c
         .post(gw.chat_url())
         .header("x-request-id", "unknown-model")
@@ -85,7 +85,7 @@ async fn rejected_input_gets_openai_errors() {
     let err = assert_openai_error(&resp.text().await.unwrap());
     assert_eq!(err["type"], "NotFoundError");
     let ev = gw.event_for("unknown-model").await;
-    assert_eq!(ev["error_type"], "upstream_error");
+    assert_eq!(ev["error_type"], "model_not_found");
     assert_eq!(ev["model"], "no-such-model");
 }
 
