@@ -152,6 +152,7 @@ pub struct FinishedRequest {
     pub n: u32,
 }
 
+#[derive(Clone)]
 struct Hists {
     ttft: Histogram,
     itl: Histogram,
@@ -415,41 +416,11 @@ impl Family<'_> {
 }
 
 fn snapshot(m: &ModelMetrics) -> Hists {
-    match m.hists.lock() {
-        Ok(h) => Hists {
-            ttft: h.ttft.clone(),
-            itl: h.itl.clone(),
-            tpot: h.tpot.clone(),
-            e2e: h.e2e.clone(),
-            queue: h.queue.clone(),
-            inference: h.inference.clone(),
-            prefill: h.prefill.clone(),
-            decode: h.decode.clone(),
-            prompt_tokens: h.prompt_tokens.clone(),
-            generation_tokens: h.generation_tokens.clone(),
-            max_generation_tokens: h.max_generation_tokens.clone(),
-            params_max_tokens: h.params_max_tokens.clone(),
-            params_n: h.params_n.clone(),
-        },
-        Err(p) => {
-            let h = p.into_inner();
-            Hists {
-                ttft: h.ttft.clone(),
-                itl: h.itl.clone(),
-                tpot: h.tpot.clone(),
-                e2e: h.e2e.clone(),
-                queue: h.queue.clone(),
-                inference: h.inference.clone(),
-                prefill: h.prefill.clone(),
-                decode: h.decode.clone(),
-                prompt_tokens: h.prompt_tokens.clone(),
-                generation_tokens: h.generation_tokens.clone(),
-                max_generation_tokens: h.max_generation_tokens.clone(),
-                params_max_tokens: h.params_max_tokens.clone(),
-                params_n: h.params_n.clone(),
-            }
-        }
-    }
+    // A poisoned lock still holds consistent histograms (updates never panic midway).
+    m.hists
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Render the whole `/metrics` page for the given engines and their gauges.
