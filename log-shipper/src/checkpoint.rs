@@ -71,9 +71,12 @@ impl Fingerprint {
         Self::of_file_len(file, FINGERPRINT_MAX_BYTES)
     }
 
-    /// Fingerprint of the first `max` bytes of `file` (fewer if the file is shorter).
+    /// Fingerprint of the first `max` bytes of `file` (fewer if the file is shorter; at
+    /// most [`FINGERPRINT_MAX_BYTES`]).
     pub fn of_file_len(file: &File, max: u32) -> io::Result<Self> {
-        let mut buf = vec![0u8; max as usize];
+        // On the stack: this runs after every read of a followed file.
+        let mut buf = [0u8; FINGERPRINT_MAX_BYTES as usize];
+        let buf = &mut buf[..max.min(FINGERPRINT_MAX_BYTES) as usize];
         let mut got = 0;
         while got < buf.len() {
             let n = file.read_at(&mut buf[got..], got as u64)?;

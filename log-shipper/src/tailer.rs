@@ -449,22 +449,27 @@ impl Tailer {
                 break;
             }
             t.eof_since = None;
-            if !t.fp.is_full() {
-                // Strengthen the fingerprint before handing out lines past it, so that
-                // positions and truncation checks always use as many bytes as exist.
-                match t.fp.matches(&t.file) {
-                    Ok(true) => {
-                        if let Ok(fp) = Fingerprint::of_file(&t.file) {
-                            t.fp = fp;
-                        }
+            // Check the first bytes after every read, before handing out what it
+            // returned: a copytruncate followed by writes past the read position leaves
+            // the size above it, and the bytes just read would belong to the new
+            // content. If the check fails they are discarded (the old file's rest is in
+            // its copy; the new content is read again from the start).
+            match t.fp.matches(&t.file) {
+                Ok(true) => {
+                    // Strengthen a short fingerprint before handing out lines past it,
+                    // so positions and truncation checks use as many bytes as exist.
+                    if !t.fp.is_full()
+                        && let Ok(fp) = Fingerprint::of_file(&t.file)
+                    {
+                        t.fp = fp;
                     }
-                    Ok(false) => {
-                        self.handle_truncation(i, now);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %t.path.display(), error = %e, "cannot read fingerprint")
-                    }
+                }
+                Ok(false) => {
+                    self.handle_truncation(i, now);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %t.path.display(), error = %e, "cannot read fingerprint")
                 }
             }
             total += n;
@@ -473,13 +478,12 @@ impl Tailer {
             for nl in memchr::memchr_iter(b'\n', chunk) {
                 let seg = &chunk[start..nl];
                 let end = t.read_pos + nl as u64 + 1;
-                let source_bytes = end - t.offset;
-                t.offset = end;
-                let res = if t.partial.is_empty() && !t.overflow {
+                if t.partial.is_empty() && !t.overflow {
                     let overflowed = seg.len() > cap;
-                    let line = if overflowed { &seg[..cap] } else { seg };
+                    let source_bytes = end - t.offset;
+                    t.offset = end;
                     sink.line(LineInfo {
-                        line,
+                        line: if overflowed { &seg[..cap] } else { seg },
                         overflowed,
                         pos: PosRef {
                             id: t.id,
@@ -488,25 +492,11 @@ impl Tailer {
                             offset: end,
                         },
                         source_bytes,
-                    })
+                    })?;
                 } else {
                     append_capped(&mut t.partial, &mut t.overflow, seg, cap);
-                    let r = sink.line(LineInfo {
-                        line: &t.partial,
-                        overflowed: t.overflow,
-                        pos: PosRef {
-                            id: t.id,
-                            path: &t.path,
-                            fingerprint: t.fp,
-                            offset: end,
-                        },
-                        source_bytes,
-                    });
-                    t.partial.clear();
-                    t.overflow = false;
-                    r
-                };
-                res?;
+                    send_partial(t, end, sink)?;
+                }
                 start = nl + 1;
             }
             append_capped(&mut t.partial, &mut t.overflow, &chunk[start..], cap);
@@ -558,6 +548,11 @@ fn emit_partial(t: &mut Tracked, sink: &mut dyn LineSink) -> Result<(), Stop> {
         return Ok(());
     }
     let end = t.read_pos;
+    send_partial(t, end, sink)
+}
+
+/// Hands out the line collected in `t.partial`, which ends at `end`.
+fn send_partial(t: &mut Tracked, end: u64, sink: &mut dyn LineSink) -> Result<(), Stop> {
     let source_bytes = end - t.offset;
     t.offset = end;
     let r = sink.line(LineInfo {
@@ -770,5 +765,42 @@ mod tests {
         let mut c = Collect::default();
         t.poll(Instant::now(), &mut c).unwrap();
         assert_eq!(c.lines, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn copytruncate_regrown_past_the_read_position_is_caught_before_reading() {
+        // The file is copied, truncated and written again beyond the reader's position
+        // between two polls: the size never drops below the read position, so only the
+        // first bytes tell. The bytes now at the old position must not be read as the
+        // continuation of the old file.
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("app.log");
+        // Long enough for a full fingerprint, so no check is due for a weak one.
+        let line = |name: &str| format!("{name}-{}\n", "x".repeat(400));
+        append(&log, &line("old1"));
+        let mut t = Tailer::new(
+            TailerConfig {
+                discover_interval: Duration::from_secs(3600),
+                max_line_buffer: 1024,
+                ..cfg(log.display().to_string())
+            },
+            [],
+        );
+        let mut c = Collect::default();
+        let now = Instant::now();
+        t.poll(now, &mut c).unwrap();
+        append(&log, &line("old2"));
+        fs::copy(&log, d.path().join("app.log.1")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, &(line("new1") + &line("new2")));
+        t.poll(now, &mut c).unwrap();
+        t.poll(now, &mut c).unwrap();
+        let names: Vec<&str> = c.lines.iter().map(|l| &l[..4]).collect();
+        assert_eq!(names, ["old1", "old2", "new1", "new2"]);
     }
 }
