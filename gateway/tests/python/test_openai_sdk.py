@@ -80,13 +80,24 @@ def stack():
         tmp.cleanup()
 
 
-def read_events(path, request_count, timeout=5.0):
+def read_events(path, until, timeout=5.0):
+    """The events written so far, once `until(events)` holds (or at the timeout).
+
+    An event is written when the gateway has finished with a request, which can be a
+    moment after the client has read the last byte: wait for the ones a test needs.
+    """
     deadline = time.time() + timeout
     while True:
         lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= request_count or time.time() > deadline:
-            return [json.loads(l) for l in lines]
+        events = [json.loads(l) for l in lines]
+        if until(events) or time.time() > deadline:
+            return events
         time.sleep(0.05)
+
+
+def with_ids(*ids):
+    """A `read_events` condition: an event for each of these request ids."""
+    return lambda events: set(ids) <= {e["request_id"] for e in events}
 
 
 def test_models_list(stack):
@@ -116,7 +127,8 @@ def test_chat_streaming_without_usage(stack):
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
     # ... but the gateway still knows the exact token counts.
-    ev = next(e for e in read_events(events, 1) if e["request_id"] == "py-stream-no-usage")
+    evs = read_events(events, with_ids("py-stream-no-usage"))
+    ev = next(e for e in evs if e["request_id"] == "py-stream-no-usage")
     assert ev["completion_tokens"] == 12
     assert ev["prompt_tokens"] > 0
     assert ev["ttft_ms"] is not None
@@ -166,13 +178,12 @@ def test_bad_request_raises_bad_request(stack):
 
 def test_every_request_has_one_event(stack):
     client, events, _ = stack
-    before = len(read_events(events, 0, timeout=0))
     for i in range(5):
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Hello"}],
             extra_headers={"x-request-id": f"py-{i}"},
         )
-    evs = read_events(events, before + 5)
+    evs = read_events(events, with_ids(*(f"py-{i}" for i in range(5))))
     ids = [e["request_id"] for e in evs]
     for i in range(5):
         assert ids.count(f"py-{i}") == 1
