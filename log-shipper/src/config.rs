@@ -87,6 +87,11 @@ pub struct Config {
     /// What to do with longer lines: `truncate` (with a marker) or `drop`.
     #[serde(default = "default_line_too_long")]
     pub line_too_long: LineTooLong,
+    /// Distinct values each label field may give its label before new ones become
+    /// `other` (counted), so a client sending made-up model names cannot flood Loki
+    /// with streams. `0`: no limit.
+    #[serde(default = "default_max_label_values")]
+    pub max_label_values: usize,
     /// How often inputs are re-scanned and idle files polled (milliseconds).
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -163,6 +168,10 @@ pub fn default_max_line_bytes() -> usize {
 pub fn default_line_too_long() -> LineTooLong {
     LineTooLong::Truncate
 }
+/// Default limit of distinct values per label field: 200.
+pub fn default_max_label_values() -> usize {
+    200
+}
 /// Default poll interval: 250 ms.
 pub fn default_poll_interval_ms() -> u64 {
     250
@@ -215,6 +224,7 @@ impl Default for Config {
             batch_max_wait_ms: default_batch_max_wait_ms(),
             max_line_bytes: default_max_line_bytes(),
             line_too_long: default_line_too_long(),
+            max_label_values: default_max_label_values(),
             poll_interval_ms: default_poll_interval_ms(),
             rotate_wait_ms: default_rotate_wait_ms(),
             request_timeout_ms: default_request_timeout_ms(),
@@ -297,6 +307,10 @@ pub struct Cli {
     /// `truncate` or `drop` lines longer than --max-line-bytes.
     #[arg(long, env = "LOG_SHIPPER_LINE_TOO_LONG", value_enum)]
     pub line_too_long: Option<LineTooLong>,
+    /// Distinct values per label field before new ones become `other` (0: no limit;
+    /// default 200).
+    #[arg(long, env = "LOG_SHIPPER_MAX_LABEL_VALUES")]
+    pub max_label_values: Option<usize>,
     /// Poll / re-scan interval in milliseconds.
     #[arg(long, env = "LOG_SHIPPER_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
@@ -404,6 +418,7 @@ impl Config {
         set(&mut self.batch_max_wait_ms, &cli.batch_max_wait_ms);
         set(&mut self.max_line_bytes, &cli.max_line_bytes);
         set(&mut self.line_too_long, &cli.line_too_long);
+        set(&mut self.max_label_values, &cli.max_label_values);
         set(&mut self.poll_interval_ms, &cli.poll_interval_ms);
         set(&mut self.rotate_wait_ms, &cli.rotate_wait_ms);
         set(&mut self.request_timeout_ms, &cli.request_timeout_ms);
@@ -479,6 +494,7 @@ impl Config {
             timestamp_field: self.timestamp_field.clone(),
             max_line_bytes: self.max_line_bytes,
             line_too_long: self.line_too_long,
+            max_label_values: self.max_label_values,
             max_timestamp_age_ns: (self.max_timestamp_age_secs as i64)
                 .saturating_mul(1_000_000_000),
             max_timestamp_future_ns: (self.max_timestamp_future_secs as i64)

@@ -19,6 +19,7 @@
 //!   benchmark.
 
 pub mod batcher;
+pub mod cardinality;
 pub mod checkpoint;
 pub mod config;
 pub mod glob;

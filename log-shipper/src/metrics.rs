@@ -23,6 +23,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `label` label of `log_shipper_label_values_capped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelLabels {
+    pub label: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
@@ -54,6 +60,7 @@ pub struct Metrics {
     pub last_success: Gauge<f64, AtomicU64>,
     pub timestamps_replaced: Counter,
     pub parse_errors: Counter,
+    pub label_values_capped: Family<LabelLabels, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +133,11 @@ impl Metrics {
             "log_shipper_timestamps_replaced",
             "Entries whose timestamp was missing, unparsable or outside Loki's accepted window and was replaced by the read time",
             self.timestamps_replaced.clone(),
+        );
+        r.register(
+            "log_shipper_label_values_capped",
+            "Entries whose label value was replaced by \"other\" because the label field had reached --max-label-values distinct values",
+            self.label_values_capped.clone(),
         );
         r.register(
             "log_shipper_parse_errors",

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::cardinality::ValueLimit;
+
 /// Largest label value Loki accepts by default (`max_label_value_length`).
 pub const MAX_LABEL_VALUE_BYTES: usize = 2048;
 /// Largest label name Loki accepts by default (`max_label_name_length`).
@@ -69,6 +71,9 @@ pub struct ParserConfig {
     /// Entry timestamps further than this in the future are replaced by the read time
     /// (Loki's `creation_grace_period`).
     pub max_timestamp_future_ns: i64,
+    /// Distinct values each label field may give its label before new ones become
+    /// `other` (`0`: no limit). See [`crate::cardinality`].
+    pub max_label_values: usize,
 }
 
 /// Turns a field name into a valid Loki label name (`[a-zA-Z_][a-zA-Z0-9_]*`): every
@@ -194,6 +199,8 @@ pub struct Parser {
     metadata_names: Vec<Arc<str>>,
     n_label_fields: usize,
     ts_index: usize,
+    /// One per label field, in field order.
+    limits: Vec<ValueLimit>,
 }
 
 /// Prefix of the truncation marker appended to cut lines.
@@ -252,6 +259,7 @@ impl Parser {
         }
         let ts_index = fields.len();
         fields.push(cfg.timestamp_field.clone());
+        let limits = vec![ValueLimit::new(cfg.max_label_values); n_label_fields];
         Ok(Self {
             cfg,
             slots,
@@ -259,6 +267,7 @@ impl Parser {
             metadata_names,
             n_label_fields,
             ts_index,
+            limits,
         })
     }
 
@@ -267,10 +276,25 @@ impl Parser {
         &self.cfg
     }
 
+    /// Per label field that hit its limit of distinct values since the last call: the
+    /// label name, how many values became `other`, and whether it is the first time.
+    pub fn take_capped(&mut self) -> Vec<(&str, u64, bool)> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.slots {
+            if let Slot::Field(i) = slot {
+                let (n, first) = self.limits[*i].take_capped();
+                if n > 0 {
+                    out.push((name.as_str(), n, first));
+                }
+            }
+        }
+        out
+    }
+
     /// Parses one line (without its newline). `read_time_ns` is used when the line has
     /// no usable timestamp. `overflowed` says the reader already cut the line because it
     /// exceeded its buffer; such a line is always treated as too long.
-    pub fn parse(&self, raw: &[u8], read_time_ns: i64, overflowed: bool) -> Parsed {
+    pub fn parse(&mut self, raw: &[u8], read_time_ns: i64, overflowed: bool) -> Parsed {
         let too_long = overflowed || raw.len() > self.cfg.max_line_bytes;
         if too_long && self.cfg.line_too_long == LineTooLong::Drop {
             return Parsed::DroppedTooLong { len: raw.len() };
@@ -285,7 +309,9 @@ impl Parser {
         for (name, slot) in &self.slots {
             let value: Option<&str> = match slot {
                 Slot::Static(v) => Some(v.as_str()),
-                Slot::Field(i) => values[*i].as_deref(),
+                Slot::Field(i) => values[*i].as_deref().filter(|v| !v.is_empty()).map(|v| {
+                    self.limits[*i].admit(truncate_at_char_boundary(v, MAX_LABEL_VALUE_BYTES))
+                }),
                 Slot::ParseError => parse_error.then_some("true"),
             };
             let Some(value) = value else { continue };
@@ -298,10 +324,7 @@ impl Parser {
             first = false;
             labels.push_str(name);
             labels.push_str("=\"");
-            escape_label_value_into(
-                &mut labels,
-                truncate_at_char_boundary(value, MAX_LABEL_VALUE_BYTES),
-            );
+            escape_label_value_into(&mut labels, value);
             labels.push('"');
         }
         labels.push('}');
@@ -626,10 +649,11 @@ mod tests {
             line_too_long: LineTooLong::Truncate,
             max_timestamp_age_ns: 7 * 86_400 * 1_000_000_000,
             max_timestamp_future_ns: 300 * 1_000_000_000,
+            max_label_values: 0,
         }
     }
 
-    fn rec(p: &Parser, line: &str) -> Record {
+    fn rec(p: &mut Parser, line: &str) -> Record {
         match p.parse(line.as_bytes(), NOW, false) {
             Parsed::Record(r) => r,
             other => panic!("unexpected {other:?}"),
@@ -638,9 +662,9 @@ mod tests {
 
     #[test]
     fn gateway_event_labels_metadata_and_time() {
-        let p = Parser::new(cfg()).unwrap();
+        let mut p = Parser::new(cfg()).unwrap();
         let line = r#"{"ts":"2026-05-28T20:26:40.123Z","level":"info","event":"response","request_id":"r-1","model":"m\"x","tenant":"acme","status":200}"#;
-        let r = rec(&p, line);
+        let r = rec(&mut p, line);
         assert_eq!(
             r.labels,
             r#"{app="llm-gateway",event="response",level="info",model="m\"x",tenant="acme"}"#
@@ -656,7 +680,7 @@ mod tests {
 
     #[test]
     fn table_of_lines() {
-        let p = Parser::new(cfg()).unwrap();
+        let mut p = Parser::new(cfg()).unwrap();
         // (line, expected labels, parse_error, ts_from_read_time)
         let cases: &[(&str, &str, bool, bool)] = &[
             (
@@ -715,7 +739,7 @@ mod tests {
             ),
         ];
         for (line, labels, perr, rt) in cases {
-            let r = rec(&p, line);
+            let r = rec(&mut p, line);
             assert_eq!(&r.labels, labels, "line {line}");
             assert_eq!(r.parse_error, *perr, "line {line}");
             assert_eq!(r.ts_from_read_time, *rt, "line {line}");
@@ -724,17 +748,43 @@ mod tests {
     }
 
     #[test]
+    fn label_values_are_bounded_per_field() {
+        let mut c = cfg();
+        c.max_label_values = 2;
+        let mut p = Parser::new(c).unwrap();
+        let line = |m: &str, t: &str| {
+            format!(r#"{{"event":"response","level":"info","model":"{m}","tenant":"{t}"}}"#)
+        };
+        let labels = |p: &mut Parser, m: &str, t: &str| rec(p, &line(m, t)).labels;
+        assert!(labels(&mut p, "a", "x").contains(r#"model="a",tenant="x""#));
+        assert!(labels(&mut p, "b", "x").contains(r#"model="b",tenant="x""#));
+        let r = rec(&mut p, &line("c", "y"));
+        assert!(
+            r.labels.contains(r#"model="other",tenant="y""#),
+            "{}",
+            r.labels
+        );
+        assert_eq!(r.line, line("c", "y"), "the line itself is unchanged");
+        assert!(labels(&mut p, "a", "z").contains(r#"model="a",tenant="other""#));
+        assert_eq!(
+            p.take_capped(),
+            vec![("model", 1, true), ("tenant", 1, true)]
+        );
+        assert_eq!(p.take_capped(), vec![]);
+    }
+
+    #[test]
     fn long_lines_truncate_or_drop() {
-        let p = Parser::new(cfg()).unwrap();
+        let mut p = Parser::new(cfg()).unwrap();
         let long = format!(r#"{{"event":"x","pad":"{}"}}"#, "é".repeat(300));
-        let r = rec(&p, &long);
+        let r = rec(&mut p, &long);
         assert!(r.truncated);
         assert!(r.line.len() <= 256, "{}", r.line.len());
         assert!(r.line.contains(TRUNCATION_MARKER_PREFIX));
         assert_eq!(r.labels, r#"{app="llm-gateway",event="x"}"#);
         let mut c = cfg();
         c.line_too_long = LineTooLong::Drop;
-        let p = Parser::new(c).unwrap();
+        let mut p = Parser::new(c).unwrap();
         assert_eq!(
             p.parse(long.as_bytes(), NOW, false),
             Parsed::DroppedTooLong { len: long.len() }
@@ -743,7 +793,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced() {
-        let p = Parser::new(cfg()).unwrap();
+        let mut p = Parser::new(cfg()).unwrap();
         let r = match p.parse(b"abc\xffdef", NOW, false) {
             Parsed::Record(r) => r,
             other => panic!("{other:?}"),
@@ -774,8 +824,8 @@ mod tests {
         ));
         let mut c = cfg();
         c.label_fields = vec!["http.status".into()];
-        let p = Parser::new(c).unwrap();
-        let r = rec(&p, r#"{"http.status":"200"}"#);
+        let mut p = Parser::new(c).unwrap();
+        let r = rec(&mut p, r#"{"http.status":"200"}"#);
         assert_eq!(r.labels, r#"{app="llm-gateway",http_status="200"}"#);
     }
 

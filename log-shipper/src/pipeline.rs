@@ -323,6 +323,21 @@ impl ReaderCtx {
         if c.too_long > 0 {
             m.drop_entries(metrics::REASON_TOO_LONG, c.too_long);
         }
+        let max = self.parser.config().max_label_values;
+        for (label, n, first) in self.parser.take_capped() {
+            if first {
+                tracing::warn!(
+                    label,
+                    max,
+                    "label field reached its limit of distinct values; new values are shipped as label value \"other\" (the line is unchanged); see --max-label-values"
+                );
+            }
+            m.label_values_capped
+                .get_or_create(&metrics::LabelLabels {
+                    label: label.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     fn handle_line(

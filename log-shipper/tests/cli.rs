@@ -78,6 +78,59 @@ fn dry_run_prints_loki_json_and_writes_no_positions() {
 }
 
 #[test]
+fn label_values_beyond_the_limit_become_other_and_lines_stay_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut text = String::new();
+    for i in 0..12 {
+        text.push_str(&format!(
+            "{{\"event\":\"response\",\"level\":\"info\",\"model\":\"m{}\",\"request_id\":\"r{i}\"}}\n",
+            i % 6
+        ));
+    }
+    std::fs::write(&log, &text).unwrap();
+    let out = shipper()
+        .args([
+            "--dry-run",
+            "--exit-on-eof",
+            "--max-label-values",
+            "3",
+            "--input",
+        ])
+        .arg(&log)
+        .arg("--positions")
+        .arg(dir.path().join("pos.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("label=\"model\"") && stderr.contains("limit of distinct values"),
+        "{stderr}"
+    );
+    let mut by_label: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        let b: serde_json::Value = serde_json::from_str(l).unwrap();
+        for s in b["streams"].as_array().unwrap() {
+            let label = s["stream"]["model"].as_str().unwrap().to_string();
+            for v in s["values"].as_array().unwrap() {
+                let line: serde_json::Value = serde_json::from_str(v[1].as_str().unwrap()).unwrap();
+                by_label
+                    .entry(label.clone())
+                    .or_default()
+                    .push(line["model"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let labels: Vec<&str> = by_label.keys().map(String::as_str).collect();
+    assert_eq!(labels, ["m0", "m1", "m2", "other"]);
+    let mut other = by_label["other"].clone();
+    other.sort();
+    assert_eq!(other, ["m3", "m3", "m4", "m4", "m5", "m5"]);
+    assert_eq!(by_label.values().map(Vec::len).sum::<usize>(), 12);
+}
+
+#[test]
 fn stdin_is_shipped_until_eof() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start(dir.path());
