@@ -8,6 +8,7 @@ Writes bench/results/<date>.md and .json and prints a summary. See docs/benchmar
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import random
@@ -570,6 +571,9 @@ def summarize_rate(rate, per):
     return row
 
 
+STREAM_MIN_SAMPLES = 80
+
+
 def phase_streams(ctx, targets):
     a = ctx.args
     rates = [int(x) for x in a.stream_rates.split(",")]
@@ -583,12 +587,15 @@ def phase_streams(ctx, targets):
         names = ["direct", "gateway"] + (["litellm"] if litellm_ok else [])
         active = [t for t in targets if t["name"] in names]
         per = {t["name"]: [] for t in active}
-        for rnd in range(min(a.rounds, 3)):
+        # A window's TTFT percentiles need enough streams at low rates: the sim's TTFT
+        # timer alone jitters by up to 1 ms, about the size of what is measured.
+        secs = max(a.window_secs + 1, math.ceil(STREAM_MIN_SAMPLES / rate))
+        for rnd in range(a.rounds):
             order = active[rnd % len(active):] + active[:rnd % len(active)]
             for t in order:
                 if t["name"] == "litellm" and per["litellm"] and per["litellm"][-1].get("overloaded"):
                     continue
-                w = window(ctx, t, rate, a.window_secs + 1, stream=True, concurrency=4096)
+                w = window(ctx, t, rate, secs, stream=True, concurrency=4096)
                 w["round"] = rnd
                 per[t["name"]].append(w)
         row = summarize_rate(rate, per)

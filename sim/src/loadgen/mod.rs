@@ -4,7 +4,8 @@
 //!   `concurrency` workers each send one request after another;
 //! - open-loop `steady`: requests are scheduled at a fixed rate whatever the answers, and
 //!   latency is measured from the *scheduled* time, so a slow server cannot hide its
-//!   queueing (no coordinated omission).
+//!   queueing (no coordinated omission). Each scheduled time gets a random offset below
+//!   1 ms, so millisecond timer ticks do not phase-lock with the schedule.
 //!
 //! Every run is bounded by `duration` and optionally `requests`; requests still in flight
 //! at the end get a grace period (`drain`), then count as `unfinished`.
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use rand::Rng as _;
 use tokio::time::Instant;
 
 use crate::text;
@@ -539,9 +541,16 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
     let budget = opts.requests.unwrap_or(u64::MAX);
     if opts.scenario.open_loop() {
         let period = Duration::from_secs_f64(1.0 / opts.rate);
+        // Timers (tokio's here, and the server's own) tick in whole milliseconds: on an
+        // exact grid every request would meet them at the same phase, shifting a whole
+        // run's percentiles by up to 1 ms at random. A sub-millisecond offset per request
+        // spreads the phases; the rate stays the same.
+        let jitter_ns = u64::try_from(period.min(Duration::from_millis(1)).as_nanos()).unwrap_or(0);
+        let mut rng = rand::rng();
         let mut i: u64 = 0;
         while i < budget {
-            let sched = t0 + period.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+            let jitter = Duration::from_nanos(rng.random_range(0..jitter_ns.max(1)));
+            let sched = t0 + period.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)) + jitter;
             if sched >= deadline {
                 break;
             }
