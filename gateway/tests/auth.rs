@@ -111,11 +111,12 @@ api_key_sha256 = ["{}"]
     let r = c
         .get(format!("{}/v1/models", gw.url))
         .bearer_auth("sk-beta")
+        .header("x-request-id", "models-beta")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(gw.events().last().unwrap()["tenant"], "beta");
+    assert_eq!(gw.event_for("models-beta").await["tenant"], "beta");
 
     // Per-tenant concurrency: acme may run one request at a time; beta is not limited by it.
     let slow = tokio::spawn(

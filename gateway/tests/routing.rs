@@ -81,6 +81,7 @@ pool = "long"
 
     let models: serde_json::Value = c
         .get(format!("{}/v1/models", gw.url))
+        .header("x-request-id", "models")
         .send()
         .await
         .unwrap()
@@ -96,8 +97,7 @@ pool = "long"
     ids.sort();
     assert_eq!(ids, vec!["big", "m"], "merged and de-duplicated");
     assert_eq!(models["object"], "list");
-    let ev = gw.events().into_iter().last().unwrap();
-    assert_eq!(ev["route"], "/v1/models");
+    assert_eq!(gw.event_for("models").await["route"], "/v1/models");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
