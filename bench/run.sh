@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of the gateway and the log shipper: one command, loopback only, bounded in time.
 #
-#   bench/run.sh            full run (~15-20 min on 2 cores)
+#   bench/run.sh            full run (~20-25 min on 2 cores)
 #   bench/run.sh --quick    smoke run (~3 min)
 #   bench/run.sh --pin      pin the load generator to CPU 0 and the servers to CPU 1
 #   bench/run.sh --skip litellm,shipper,...   (see bench/bench.py --help)
