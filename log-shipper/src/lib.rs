@@ -4,8 +4,9 @@
 //! Main types, in pipeline order:
 //! - [`tailer::Tailer`]: discovers files (paths or globs) and follows them through
 //!   rotation (rename-and-create, copytruncate), deletion and restarts.
-//! - [`parser::Parser`]: pure line → [`parser::Record`] (labels, structured metadata,
-//!   timestamp), reading only the configured fields.
+//! - [`parser::Parser`]: line → [`parser::Record`] (labels, structured metadata,
+//!   timestamp), reading only the configured fields; label values are bounded per field
+//!   by [`cardinality`].
 //! - [`batcher::Batcher`]: groups records by stream, sorts them by time, and tracks the
 //!   input positions each batch covers.
 //! - [`loki`]: protobuf types generated from the vendored `push.proto`, raw-snappy
