@@ -82,14 +82,13 @@ api_key_sha256 = ["{}"]
     assert_eq!(r.status(), 401, "/v1/models needs a key too");
 
     // A good key.
-    let r = c
-        .post(gw.chat_url())
-        .header("x-request-id", "good")
-        .bearer_auth("sk-acme")
-        .json(&chat("m", false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_chat(
+            "good",
+            &chat("m", false),
+            &[("authorization", "Bearer sk-acme")],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), ANSWER);
     let ev = gw.event_for("good").await;
@@ -127,14 +126,13 @@ api_key_sha256 = ["{}"]
             .send(),
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let r = c
-        .post(gw.chat_url())
-        .header("x-request-id", "acme-2")
-        .bearer_auth("sk-acme")
-        .json(&chat("m", false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_chat(
+            "acme-2",
+            &chat("m", false),
+            &[("authorization", "Bearer sk-acme")],
+        )
+        .await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_openai_error(&r.text().await.unwrap());

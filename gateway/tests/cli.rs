@@ -60,14 +60,13 @@ async fn demo_serves_with_no_setup() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert!(ids.len() >= 2, "{ids:?}");
-    let r = c
-        .post(gw.chat_url())
-        .header("x-request-id", "demo")
-        .header("x-sim-output-tokens", "3")
-        .json(&chat(ids[0], false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_chat(
+            "demo",
+            &chat(ids[0], false),
+            &[("x-sim-output-tokens", "3")],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let ev = gw.event_for("demo").await;
     assert!(

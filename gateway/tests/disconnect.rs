@@ -34,13 +34,7 @@ async fn wait_for(sim: &Sim, prefix: &str, want: f64) -> f64 {
 async fn stream_disconnect_aborts_upstream() {
     let sim = start_sim(slow_sim()).await;
     let gw = Gateway::start(&["--upstream", &sim.url], None);
-    let mut resp = client()
-        .post(gw.chat_url())
-        .header("x-request-id", "cut")
-        .json(&chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw.post_chat("cut", &chat("m", true), &[]).await;
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());

@@ -74,13 +74,9 @@ async fn rejected_input_gets_openai_errors() {
         assert_eq!(ev["level"], "warn", "{id}");
     }
     // Unknown model: the upstream's 404 is relayed as is; the event names the cause.
-    let resp = c
-        .post(gw.chat_url())
-        .header("x-request-id", "unknown-model")
-        .json(&chat("no-such-model", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw
+        .post_chat("unknown-model", &chat("no-such-model", false), &[])
+        .await;
     assert_eq!(resp.status(), 404);
     let err = assert_openai_error(&resp.text().await.unwrap());
     assert_eq!(err["type"], "NotFoundError");
@@ -97,13 +93,7 @@ async fn model_not_in_any_pool_is_404() {
         sim.url
     );
     let gw = Gateway::start(&[], Some(&cfg));
-    let resp = client()
-        .post(gw.chat_url())
-        .header("x-request-id", "nf")
-        .json(&chat("other-model", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_chat("nf", &chat("other-model", false), &[]).await;
     assert_eq!(resp.status(), 404);
     let err = assert_openai_error(&resp.text().await.unwrap());
     assert_eq!(err["code"], "model_not_found");
@@ -117,13 +107,7 @@ async fn upstream_down_is_502_and_timeout_is_504() {
     let gw = Gateway::start(&["--upstream", &dead], None);
     for stream in [false, true] {
         let id = format!("down-{stream}");
-        let resp = client()
-            .post(gw.chat_url())
-            .header("x-request-id", &id)
-            .json(&chat("m", stream))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.post_chat(&id, &chat("m", stream), &[]).await;
         assert_eq!(resp.status(), 502);
         let err = assert_openai_error(&resp.text().await.unwrap());
         assert_eq!(err["code"], "upstream_unreachable");
@@ -141,14 +125,9 @@ async fn upstream_down_is_502_and_timeout_is_504() {
     );
     for stream in [false, true] {
         let id = format!("slow-{stream}");
-        let resp = client()
-            .post(gw.chat_url())
-            .header("x-request-id", &id)
-            .header("x-sim-ttft-ms", "3000")
-            .json(&chat("m", stream))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw
+            .post_chat(&id, &chat("m", stream), &[("x-sim-ttft-ms", "3000")])
+            .await;
         assert_eq!(resp.status(), 504, "{id}");
         let err = assert_openai_error(&resp.text().await.unwrap());
         assert_eq!(err["code"], "upstream_timeout");
@@ -156,15 +135,16 @@ async fn upstream_down_is_502_and_timeout_is_504() {
         assert_eq!(ev["error_type"], "upstream_timeout");
     }
     // Idle timeout after the stream started: one error event, then [DONE].
-    let resp = client()
-        .post(gw.chat_url())
-        .header("x-request-id", "idle")
-        .header("x-sim-tokens-per-second", "1")
-        .header("x-sim-output-tokens", "5")
-        .json(&chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw
+        .post_chat(
+            "idle",
+            &chat("m", true),
+            &[
+                ("x-sim-tokens-per-second", "1"),
+                ("x-sim-output-tokens", "5"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let payloads = sse_payloads(resp).await;
     assert_eq!(payloads.last().unwrap(), "[DONE]");
@@ -181,7 +161,6 @@ async fn upstream_down_is_502_and_timeout_is_504() {
 async fn upstream_error_shapes_are_relayed_and_normalised() {
     let sim = start_sim(fast_sim()).await;
     let gw = Gateway::start(&["--upstream", &sim.url], None);
-    let c = client();
     for (behavior, status, typ) in [
         ("error", 500, "InternalServerError"),
         ("error-flat", 500, "InternalServerError"),
@@ -190,14 +169,9 @@ async fn upstream_error_shapes_are_relayed_and_normalised() {
     ] {
         for stream in [false, true] {
             let id = format!("{behavior}-{stream}");
-            let resp = c
-                .post(gw.chat_url())
-                .header("x-request-id", &id)
-                .header("x-sim-behavior", behavior)
-                .json(&chat("m", stream))
-                .send()
-                .await
-                .unwrap();
+            let resp = gw
+                .post_chat(&id, &chat("m", stream), &[("x-sim-behavior", behavior)])
+                .await;
             assert_eq!(resp.status().as_u16(), status, "{id}");
             let err = assert_openai_error(&resp.text().await.unwrap());
             assert_eq!(err["type"], typ, "{id}");
@@ -212,14 +186,13 @@ async fn upstream_error_shapes_are_relayed_and_normalised() {
 async fn mid_stream_error_is_one_event_then_done() {
     let sim = start_sim(fast_sim()).await;
     let gw = Gateway::start(&["--upstream", &sim.url], None);
-    let resp = client()
-        .post(gw.chat_url())
-        .header("x-request-id", "mid")
-        .header("x-sim-behavior", "error-midstream")
-        .json(&chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw
+        .post_chat(
+            "mid",
+            &chat("m", true),
+            &[("x-sim-behavior", "error-midstream")],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let payloads = sse_payloads(resp).await;
     assert_eq!(payloads.last().unwrap(), "[DONE]");
@@ -260,13 +233,7 @@ async fn overload_is_429_with_retry_after() {
         .send();
     let slow = tokio::spawn(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = c
-        .post(gw.chat_url())
-        .header("x-request-id", "over")
-        .json(&chat("m", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post_chat("over", &chat("m", false), &[]).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "3");
     let err = assert_openai_error(&resp.text().await.unwrap());

@@ -438,14 +438,9 @@ async fn no_text_in_events_unless_audit_is_on() {
     let gw = Gateway::start(&["--upstream", &sim.url], None);
     let c = client();
     for (id, behavior) in [("plain", ""), ("refused", "refuse")] {
-        let r = c
-            .post(gw.chat_url())
-            .header("x-request-id", id)
-            .header("x-sim-behavior", behavior)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .post_chat(id, &body, &[("x-sim-behavior", behavior)])
+            .await;
         assert_eq!(r.status(), 200);
         r.text().await.unwrap();
     }
@@ -493,13 +488,7 @@ async fn events_to_stdout_for_containers() {
         c.stdout(std::process::Stdio::piped());
     });
     let stdout = gw.take_stdout().unwrap();
-    let r = client()
-        .post(gw.chat_url())
-        .header("x-request-id", "to-stdout")
-        .json(&chat("m", false))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_chat("to-stdout", &chat("m", false), &[]).await;
     assert_eq!(r.status(), 200);
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();

@@ -156,13 +156,7 @@ async fn health_checks_take_dead_endpoints_out_and_readyz_follows() {
     }
     let c = client();
     for i in 0..6 {
-        let r = c
-            .post(gw.chat_url())
-            .header("x-request-id", format!("h{i}"))
-            .json(&chat("m", false))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post_chat(&format!("h{i}"), &chat("m", false), &[]).await;
         assert_eq!(r.status(), 200);
     }
     let m = gw.metrics().await;
@@ -230,15 +224,10 @@ async fn connect_failure_retries_on_another_endpoint() {
         sim.url
     );
     let gw = Gateway::start(&[], Some(&cfg));
-    let c = client();
     for (i, stream) in [false, true, false, true].into_iter().enumerate() {
-        let r = c
-            .post(gw.chat_url())
-            .header("x-request-id", format!("r{i}"))
-            .json(&chat("m", stream))
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .post_chat(&format!("r{i}"), &chat("m", stream), &[])
+            .await;
         assert_eq!(r.status(), 200, "request {i}");
         r.text().await.unwrap();
         let ev = gw.event_for(&format!("r{i}")).await;

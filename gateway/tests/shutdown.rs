@@ -18,15 +18,13 @@ async fn sigterm_drains_in_flight_streams_then_flushes_events() {
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 10\n"),
     );
-    let c = client();
-    let mut resp = c
-        .post(gw.chat_url())
-        .header("x-request-id", "inflight")
-        .header("x-sim-output-tokens", "15")
-        .json(&chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw
+        .post_chat(
+            "inflight",
+            &chat("m", true),
+            &[("x-sim-output-tokens", "15")],
+        )
+        .await;
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());
     gw.signal("TERM");
@@ -70,15 +68,9 @@ async fn grace_period_over_cuts_streams_with_an_event() {
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 1\n"),
     );
-    let c = client();
-    let mut resp = c
-        .post(gw.chat_url())
-        .header("x-request-id", "cut")
-        .header("x-sim-output-tokens", "100")
-        .json(&chat("m", true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw
+        .post_chat("cut", &chat("m", true), &[("x-sim-output-tokens", "100")])
+        .await;
     resp.chunk().await.unwrap().unwrap();
     gw.signal("INT");
     let mut rest = String::new();

@@ -80,7 +80,6 @@ async fn first_chunk_arrives_while_upstream_still_generates() {
 async fn usage_chunk_only_when_the_client_asked() {
     let sim = start_sim(fast_sim()).await;
     let gw = Gateway::start(&["--upstream", &sim.url], None);
-    let c = client();
     for (id, body, want_usage) in [
         ("no-usage", chat("m", true), false),
         (
@@ -94,13 +93,7 @@ async fn usage_chunk_only_when_the_client_asked() {
             false,
         ),
     ] {
-        let resp = c
-            .post(gw.chat_url())
-            .header("x-request-id", id)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.post_chat(id, &body, &[]).await;
         assert_eq!(resp.status(), 200);
         let payloads = sse_payloads(resp).await;
         assert_eq!(payloads.last().unwrap(), "[DONE]");

@@ -332,6 +332,24 @@ impl Gateway {
     pub fn chat_url(&self) -> String {
         format!("{}/v1/chat/completions", self.url)
     }
+
+    /// Posts `body` to the chat endpoint with `x-request-id: id` and the
+    /// extra `headers`, on a fresh connection.
+    pub async fn post_chat(
+        &self,
+        id: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = client()
+            .post(self.chat_url())
+            .header("x-request-id", id)
+            .json(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.unwrap()
+    }
 }
 
 impl Drop for Gateway {
