@@ -53,7 +53,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     // First-person inability or unwillingness.
     (
         "I_NEG",
-        r"(?:i(?:<A>m|\s+am)\s+(?:not\s+able|unable|not\s+(?:going|comfortable|allowed|permitted|in\s+a\s+position))|i\s+(?:cannot|can<A>?t|can\s+not|won<A>?t|will\s+not|must\s+not|shouldn<A>?t|should\s+not|(?:won<A>?t|will\s+not)\s+be\s+able|(?:do\s+not|don<A>?t)\s+feel\s+comfortable))(?:\s+(?:and|or)\s+(?:will\s+not|won<A>?t|shall\s+not|should\s+not|must\s+not))?",
+        r"(?:i(?:<A>m|\s+am)\s+(?:not\s+able|unable|not\s+(?:going|comfortable|allowed|permitted|in\s+a\s+position))|i\s+(?:cannot|can<A>?t|can\s+not|won<A>?t|will\s+not|must\s+not|shouldn<A>?t|should\s+not|(?:won<A>?t|will\s+not)\s+be\s+able|(?:do\s+not|don<A>?t)\s+feel\s+comfortable|(?:do\s+not|don<A>?t)\s+think\s+(?:that\s+)?i\s+(?:should|can|could)))(?:\s+(?:and|or)\s+(?:will\s+not|won<A>?t|shall\s+not|should\s+not|must\s+not))?",
     ),
     // Words allowed between the negation and the verb ("cannot in good conscience provide").
     (
@@ -65,6 +65,12 @@ const FRAGMENTS: &[(&str, &str)] = &[
         "ASSIST_VERB",
         r"(?:provide|help\s+(?:you|with|them|him|her|in|on|anyone|people)\b|help[.,;!]|assist|fulfil|comply|answer|respond|give|generate|create|write|produce|support|engage|participate|offer|share|encourage|endorse|condone|promote|suggest|advise|tell\s+you|disclose|reveal|facilitate|accommodate|do\s+(?:that|this|so|what)|complete\s+(?:this|that|your)|continue\s+(?:this|with)|discuss|draft|compose|satisfy|teach|guide|instruct|supply|grant|agree|justify|take\s+part|be\s+(?:of\s+)?(?:help|assistance)|be\s+a\s+part|go\s+along|partake)",
     ),
+    // After "I refuse to": the verbs of a refused task only ("I refuse to give
+    // up" is no refusal).
+    (
+        "REFUSE_VERB",
+        r"(?:provide|help|assist|answer|respond|comply|write|create|generate|produce|engage|participate|take\s+part|share|support|promote|condone|endorse|discuss|draft|compose|do\s+(?:that|this|so))\b",
+    ),
     // Capability verbs, accepted after an apology or an AI self-reference.
     (
         "CAP_VERB",
@@ -74,10 +80,16 @@ const FRAGMENTS: &[(&str, &str)] = &[
         "OK_ADJ",
         r"(?:appropriate|ethical|acceptable|okay|ok|responsible|respectful)",
     ),
-    // "it is not appropriate (for me) to", "that would be unethical to".
+    // What follows one negation in NOT_OK: "(not) appropriate", "(not) right or fair".
+    (
+        "NOT_OK_ADJ",
+        r"(?:(?:\w+\s+(?:or|and|nor)\s+)?<OK_ADJ>|\w+\s+(?:or|and)\s+fair)",
+    ),
+    // "it is not appropriate (for me) to", "it wouldn't be appropriate to",
+    // "that would be unethical to"; not "it would not be inappropriate to".
     (
         "NOT_OK",
-        r"(?:it|that|this)(?:<A>s|\s+is|\s+would\s+(?:not|n<A>t)\s+be|\s+would\s+be)\s+(?:(?:not|never|neither)\s+(?:(?:\w+\s+(?:or|and|nor)\s+)?<OK_ADJ>|\w+\s+(?:or|and)\s+fair)|(?:\w+\s+(?:or|and)\s+)?(?:inappropriate|unethical|irresponsible))\b(?:\s+(?:or|nor|and)\s+\w+)?\s+(?:for\s+(?:me|us|an\s+ai)\s+)?to\b",
+        r"(?:it|that|this)(?:(?:<A>s|\s+is|\s+would\s+be)\s+(?:(?:not|never|neither)\s+<NOT_OK_ADJ>|(?:\w+\s+(?:or|and)\s+)?(?:inappropriate|unethical|irresponsible))|(?:\s+would(?:\s+not|n<A>t)\s+be|\s+isn<A>t)\s+<NOT_OK_ADJ>)\b(?:\s+(?:or|nor|and)\s+\w+)?\s+(?:for\s+(?:me|us|an\s+ai)\s+)?to\b",
     ),
     (
         "APOLOGY",
@@ -114,12 +126,12 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "cannot_assist",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|(?:that|this|it)(?:<A>s|\s+is)\s+not\s+something\s+(?:that\s+)?i\s+(?:can|could|will|am\s+able\s+to|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>))",
+        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|(?:that|this|it)(?:<A>s\s+not|\s+is\s+not|\s+isn<A>t)\s+something\s+(?:that\s+)?i(?:\s+(?:can|could|will|am\s+able\s+to)|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>|do\b))",
     },
     DefaultRule {
         id: "decline",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE><CLAUSE>(?:i\s+(?:must|have\s+to|will|would\s+(?:like\s+to|have\s+to)|<A>ll|need\s+to)\s+(?:respectfully\s+|politely\s+|kindly\s+)?(?:decline|refuse|pass\s+on)|i(?:<A>d|\s+would)\s+(?:rather|prefer)\s+not\s+(?:to\s+)?<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i(?:<A>m|\s+am)\s+not\s+comfortable\s+(?:with|providing|helping|writing|creating|generating|sharing|discussing|doing|assisting|answering|giving|engaging|participating))",
+        template: r"(?i-u)<LEAD><PRE><CLAUSE>(?:i\s+(?:must|have\s+to|will|would\s+(?:like\s+to|have\s+to)|<A>ll|need\s+to)\s+(?:respectfully\s+|politely\s+|kindly\s+)?(?:decline|refuse|pass\s+on)|i(?:<A>d|\s+would)\s+(?:rather|prefer)\s+not\s+(?:to\s+)?<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:respectfully\s+)?(?:refuse|decline)\s+to\s+<NEG_ADV><REFUSE_VERB>|(?:i(?:<A>m|\s+am)\s+not|i\s+(?:do\s+not|don<A>?t)\s+feel)\s+(?:entirely\s+|completely\s+|really\s+)?comfortable\s+(?:with\s+(?:that|this|it|the\s+request|your\s+request|such|helping|providing|writing|creating|generating)\b|providing|helping|writing|creating|generating|sharing|discussing|doing|assisting|answering|giving|engaging|participating))",
     },
     DefaultRule {
         id: "not_appropriate",

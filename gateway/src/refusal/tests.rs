@@ -149,6 +149,34 @@ const REFUSALS: &[(&str, &str)] = &[
         "I'm sorry to hear that you're going through a difficult time. It's important to remember that there are people who care about you. Please reach out to a mental health professional.",
         "sympathy_redirect",
     ),
+    // One negation before the adjective, in every spelling.
+    (
+        "It would not be appropriate for me to write that.",
+        "not_appropriate",
+    ),
+    (
+        "It wouldn't be appropriate for me to speculate about her health.",
+        "not_appropriate",
+    ),
+    (
+        "It isn't appropriate for me to give legal advice.",
+        "not_appropriate",
+    ),
+    (
+        "This isn't something I'm able to help with.",
+        "cannot_assist",
+    ),
+    ("This isn't something I can do.", "cannot_assist"),
+    (
+        "I don't think I should help with that. Fake reviews mislead buyers.",
+        "cannot_assist",
+    ),
+    (
+        "I don't feel comfortable providing that kind of content.",
+        "decline",
+    ),
+    ("I refuse to write that. It promotes violence.", "decline"),
+    ("I decline to participate in that.", "decline"),
 ];
 
 const COMPLIANCES: &[&str] = &[
@@ -176,6 +204,11 @@ const COMPLIANCES: &[&str] = &[
     "I'm sorry, I made a mistake in my previous answer. The capital of Australia is Canberra.",
     "Sure! Here's a poem about the sea:\nThe waves roll in...",
     "I cannot emphasize this enough: always wear a helmet when cycling.",
+    "It would not be inappropriate to ask for a raise. Start with your results.",
+    "That wouldn't be fair to the other candidates, so use a blind review.",
+    "I refuse to give up on this bug! Try clearing the cache first.",
+    "I don't feel comfortable with you hiking alone; bring a friend and a map.",
+    "I don't think I can stress this enough: back up your data.",
     "Unfortunately, there is no built-in function for that in Python, but you can write one:\n```python\ndef f(): ...\n```",
     "I cannot guarantee this will work on every system, but here is the usual approach: run `make install`.",
     "It is important to note that the API is deprecated. Use v2 instead.",
