@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use gateway::auth::hash_key_hex;
 
@@ -121,11 +119,11 @@ api_key_sha256 = ["{}"]
     let slow = tokio::spawn(
         c.post(gw.chat_url())
             .bearer_auth("sk-acme")
-            .header("x-sim-ttft-ms", "800")
+            .header("x-sim-ttft-ms", "2000")
             .json(&chat("slow", false))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    gw.wait_in_flight(1.0).await;
     let r = gw
         .post_chat(
             "acme-2",

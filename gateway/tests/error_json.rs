@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
 
@@ -228,11 +226,11 @@ async fn overload_is_429_with_retry_after() {
     let c = client();
     let slow = c
         .post(gw.chat_url())
-        .header("x-sim-ttft-ms", "800")
+        .header("x-sim-ttft-ms", "2000")
         .json(&chat("m", false))
         .send();
     let slow = tokio::spawn(slow);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.wait_in_flight(1.0).await;
     let resp = gw.post_chat("over", &chat("m", false), &[]).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "3");

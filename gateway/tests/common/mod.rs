@@ -329,6 +329,23 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Waits until the gateway has at least `n` requests in flight (all
+    /// models), so a test need not guess how long a request takes to arrive.
+    pub async fn wait_in_flight(&self, n: f64) {
+        let t0 = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, "llm_gateway_in_flight_requests").unwrap_or(0.0) >= n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "fewer than {n} requests in flight:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn chat_url(&self) -> String {
         format!("{}/v1/chat/completions", self.url)
     }
