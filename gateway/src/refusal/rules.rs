@@ -63,7 +63,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     // Verbs of helping: what a refusal says it will not do.
     (
         "ASSIST_VERB",
-        r"(?:provide|help\s+(?:you|with|them|him|her|in|on|anyone|people)\b|help[.,;!]|assist|fulfil|comply|answer|respond|give|generate|create|write|produce|support|engage|participate|offer|share|encourage|endorse|condone|promote|suggest|advise|tell\s+you|disclose|reveal|facilitate|accommodate|do\s+(?:that|this|so|what)|complete\s+(?:this|that|your)|continue\s+(?:this|with)|discuss|draft|compose|satisfy|teach|guide|instruct|supply|grant|agree|justify|take\s+part|be\s+(?:of\s+)?(?:help|assistance)|be\s+a\s+part|go\s+along|partake)",
+        r"(?:provide|help\s+(?:you|with|them|him|her|in|on|anyone|people|plan|make|build|create|write|find|get|hack|cheat|steal|hurt|harm|break|bypass|spread|track|spy|stalk)\b|help[.,;!]|assist|fulfil|comply|answer|respond|give|generate|create|write|produce|support|engage|participate|offer|share|encourage|endorse|condone|promote|suggest|advise|tell\s+you|disclose|reveal|facilitate|accommodate|do\s+(?:that|this|so|what)|complete\s+(?:this|that|your)|continue\s+(?:this|with)|discuss|draft|compose|satisfy|teach|guide|instruct|supply|grant|agree|justify|take\s+part|be\s+(?:of\s+)?(?:help|assistance)|be\s+a\s+part|go\s+along|partake)",
     ),
     // After "I refuse to": the verbs of a refused task only ("I refuse to give
     // up" is no refusal).
@@ -126,12 +126,12 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "cannot_assist",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|(?:that|this|it)(?:<A>s\s+not|\s+is\s+not|\s+isn<A>t)\s+something\s+(?:that\s+)?i(?:\s+(?:can|could|will|am\s+able\s+to)|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>|do\b))",
+        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|i\s+(?:won<A>?t|will\s+not)\s+be\s+(?:providing|helping|assisting|writing|creating|generating|sharing|answering|doing\s+(?:that|this)|giving|producing)\b|(?:<APOLOGY>\b,?\s*(?:but\s+)?)?(?:that|this|it)(?:<A>s\s+not|\s+is\s+not|\s+isn<A>t)\s+something\s+(?:that\s+)?i(?:\s+(?:can|could|will|am\s+able\s+to)|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>|do\b))",
     },
     DefaultRule {
         id: "decline",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE><CLAUSE>(?:i\s+(?:must|have\s+to|will|would\s+(?:like\s+to|have\s+to)|<A>ll|need\s+to)\s+(?:respectfully\s+|politely\s+|kindly\s+)?(?:decline|refuse|pass\s+on)|i(?:<A>d|\s+would)\s+(?:rather|prefer)\s+not\s+(?:to\s+)?<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:respectfully\s+)?(?:refuse|decline)\s+to\s+<NEG_ADV><REFUSE_VERB>|(?:i(?:<A>m|\s+am)\s+not|i\s+(?:do\s+not|don<A>?t)\s+feel)\s+(?:entirely\s+|completely\s+|really\s+)?comfortable\s+(?:with\s+(?:that|this|it|the\s+request|your\s+request|such|helping|providing|writing|creating|generating)\b|providing|helping|writing|creating|generating|sharing|discussing|doing|assisting|answering|giving|engaging|participating))",
+        template: r"(?i-u)<LEAD><PRE><CLAUSE>(?:i\s+(?:must|have\s+to|will|would\s+(?:like\s+to|have\s+to)|<A>ll|need\s+to)\s+(?:respectfully\s+|politely\s+|kindly\s+)?(?:decline|refuse|pass\s+on)|i(?:<A>d|\s+would)\s+(?:rather|prefer)\s+not\s+(?:to\s+)?<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:respectfully\s+)?(?:refuse|decline)\s+to\s+<NEG_ADV><REFUSE_VERB>|(?:i(?:<A>m|\s+am)\s+not|i\s+(?:do\s+not|don<A>?t)\s+feel)\s+(?:entirely\s+|completely\s+|really\s+)?comfortable\s+(?:with\s+(?:that|this|it|the\s+request|your\s+request|such|helping|providing|writing|creating|generating)\b|providing|helping|writing|creating|generating|sharing|discussing|doing|assisting|answering|giving|engaging|participating|speculating|commenting|making|producing))",
     },
     DefaultRule {
         id: "not_appropriate",

@@ -176,6 +176,19 @@ const REFUSALS: &[(&str, &str)] = &[
         "decline",
     ),
     ("I refuse to write that. It promotes violence.", "decline"),
+    (
+        "I'm afraid that's not something I can assist with.",
+        "cannot_assist",
+    ),
+    ("I won't be providing that.", "cannot_assist"),
+    (
+        "Absolutely not. I won't help plan a crime.",
+        "cannot_assist",
+    ),
+    (
+        "I'm an AI developed by a lab and I don't feel comfortable speculating about a real person's private life.",
+        "decline",
+    ),
     ("I decline to participate in that.", "decline"),
 ];
 
