@@ -91,6 +91,11 @@ const FRAGMENTS: &[(&str, &str)] = &[
         "NOT_OK",
         r"(?:it|that|this)(?:(?:<A>s|\s+is|\s+would\s+be)\s+(?:(?:not|never|neither)\s+<NOT_OK_ADJ>|(?:\w+\s+(?:or|and)\s+)?(?:inappropriate|unethical|irresponsible))|(?:\s+would(?:\s+not|n<A>t)\s+be|\s+isn<A>t)\s+<NOT_OK_ADJ>)\b(?:\s+(?:or|nor|and)\s+\w+)?\s+(?:for\s+(?:me|us|an\s+ai)\s+)?to\b",
     ),
+    // "that's not something I can help with", "this isn't something I'm able to do".
+    (
+        "NOT_SOMETHING",
+        r"(?:that|this|it)(?:<A>s\s+not|\s+is\s+not|\s+isn<A>t)\s+something\s+(?:that\s+)?i(?:\s+(?:can|could|will|am\s+able\s+to)|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>|do\b)",
+    ),
     (
         "APOLOGY",
         r"(?:(?:i<A>?m|i\s+am)\s+(?:(?:so|very|truly|really|terribly|deeply)\s+)?sorry|(?:i\s+)?(?:sincerely\s+)?apologi[sz]e|(?:my\s+)?apologies|(?:i<A>?m|i\s+am)\s+afraid|unfortunately|regrettably|sadly|sorry)",
@@ -121,12 +126,12 @@ pub(crate) const DEFAULT_RULES: &[DefaultRule] = &[
     DefaultRule {
         id: "apology_inability",
         soft: false,
-        template: r"(?i-u)<LEAD><APOLOGY>\b<GAP>*?(?:\bbut\b|[,;:.\-])?\s*(?:<AI_SELF>,?\s*)?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)|<NOT_OK>|(?:this|that)\s+(?:is|would\s+be)\s+(?:beyond|outside)\s+(?:my|the\s+scope))",
+        template: r"(?i-u)<LEAD><APOLOGY>\b<GAP>*?(?:\bbut\b|[,;:.\-])?\s*(?:<AI_SELF>,?\s*)?(?:<I_NEG>\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>)|i\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+|politely\s+)?(?:decline|refuse)|<NOT_OK>|<NOT_SOMETHING>|(?:this|that)\s+(?:is|would\s+be)\s+(?:beyond|outside)\s+(?:my|the\s+scope))",
     },
     DefaultRule {
         id: "cannot_assist",
         soft: false,
-        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|i\s+(?:won<A>?t|will\s+not)\s+be\s+(?:providing|helping|assisting|writing|creating|generating|sharing|answering|doing\s+(?:that|this)|giving|producing)\b|(?:<APOLOGY>\b,?\s*(?:but\s+)?)?(?:that|this|it)(?:<A>s\s+not|\s+is\s+not|\s+isn<A>t)\s+something\s+(?:that\s+)?i(?:\s+(?:can|could|will|am\s+able\s+to)|<A>m\s+able\s+to)\s+<NEG_ADV>(?:<ASSIST_VERB>|<CAP_VERB>|do\b))",
+        template: r"(?i-u)<LEAD><PRE>(?:no,?\s+)?<CLAUSE>(?:<I_NEG>\s+<NEG_ADV><ASSIST_VERB>|i\s+(?:won<A>?t|will\s+not)\s+be\s+(?:providing|helping|assisting|writing|creating|generating|sharing|answering|doing\s+(?:that|this)|giving|producing)\b|<NOT_SOMETHING>)",
     },
     DefaultRule {
         id: "decline",

@@ -178,7 +178,7 @@ const REFUSALS: &[(&str, &str)] = &[
     ("I refuse to write that. It promotes violence.", "decline"),
     (
         "I'm afraid that's not something I can assist with.",
-        "cannot_assist",
+        "apology_inability",
     ),
     ("I won't be providing that.", "cannot_assist"),
     (
