@@ -205,49 +205,71 @@ pub struct SseRelay {
     scan_limit: usize,
     pub summary: Summary,
     passthrough: bool,
+    scan: Scan,
 }
 
-/// Position of the end of the next complete event in `buf` (after the blank
-/// line), and the ranges of its `data:` values. At `eof`, a lone `\r` ends a
-/// line and the end of the buffer ends the event.
-fn next_event(buf: &[u8], data: &mut Vec<(usize, usize)>, eof: bool) -> Option<usize> {
-    data.clear();
-    let mut line_start = 0;
-    let mut i = 0;
-    while i < buf.len() {
-        let b = buf[i];
-        if b == b'\n' || b == b'\r' {
-            let line_end = i;
-            let next = if b == b'\r' {
-                match buf.get(i + 1) {
-                    // A lone \r at the end may be the first half of \r\n.
-                    None if !eof => return None,
-                    Some(b'\n') => i + 2,
-                    _ => i + 1,
-                }
-            } else {
-                i + 1
-            };
-            let line = &buf[line_start..line_end];
-            if line.is_empty() {
-                return Some(next);
-            }
-            if let Some(rest) = line.strip_prefix(b"data:") {
-                let off = usize::from(rest.first() == Some(&b' '));
-                data.push((line_start + 5 + off, line_end));
-            }
-            line_start = next;
-            i = next;
-        } else {
-            i += 1;
+/// Where the scan of the pending (incomplete) event stopped, so that each
+/// byte is looked at once however the event is split into chunks. Offsets are
+/// relative to the start of the pending event.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Next byte to look at.
+    pos: usize,
+    /// Start of the current line.
+    line_start: usize,
+    /// Ranges of the event's `data:` values seen so far.
+    data: Vec<(usize, usize)>,
+}
+
+impl Scan {
+    fn reset(&mut self) {
+        self.pos = 0;
+        self.line_start = 0;
+        self.data.clear();
+    }
+
+    fn push_data(&mut self, buf: &[u8], line_end: usize) {
+        if let Some(rest) = buf[self.line_start..line_end].strip_prefix(b"data:") {
+            let off = usize::from(rest.first() == Some(&b' '));
+            self.data.push((self.line_start + 5 + off, line_end));
         }
     }
+}
+
+/// Continues the scan of `buf` (which starts with the pending event) and
+/// returns the end of the event (after the blank line) once it is complete;
+/// its `data:` ranges are then in `st.data`. At `eof`, a lone `\r` ends a
+/// line and the end of the buffer ends the event. Linear: a call resumes where
+/// the previous one stopped.
+fn next_event(buf: &[u8], st: &mut Scan, eof: bool) -> Option<usize> {
+    let mut i = st.pos;
+    while let Some(off) = memchr::memchr2(b'\n', b'\r', &buf[i..]) {
+        i += off;
+        let next = if buf[i] == b'\r' {
+            match buf.get(i + 1) {
+                // A lone \r at the end may be the first half of \r\n.
+                None if !eof => {
+                    st.pos = i;
+                    return None;
+                }
+                Some(b'\n') => i + 2,
+                _ => i + 1,
+            }
+        } else {
+            i + 1
+        };
+        if i == st.line_start {
+            st.pos = next;
+            return Some(next);
+        }
+        st.push_data(buf, i);
+        st.line_start = next;
+        i = next;
+    }
+    st.pos = buf.len();
     if eof && !buf.is_empty() {
-        if line_start < buf.len()
-            && let Some(rest) = buf[line_start..].strip_prefix(b"data:")
-        {
-            let off = usize::from(rest.first() == Some(&b' '));
-            data.push((line_start + 5 + off, buf.len()));
+        if st.line_start < buf.len() {
+            st.push_data(buf, buf.len());
         }
         return Some(buf.len());
     }
@@ -264,6 +286,7 @@ impl SseRelay {
             scan_limit,
             summary: Summary::default(),
             passthrough: false,
+            scan: Scan::default(),
         }
     }
 
@@ -277,14 +300,15 @@ impl SseRelay {
         }
         self.buf.extend_from_slice(chunk);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut scan = std::mem::take(&mut self.scan);
         let mut fed = Fed::default();
-        let mut data = Vec::with_capacity(2);
         let mut pos = 0;
         // Output assembled only if an event is removed; otherwise a prefix of buf.
         let mut rebuilt: Option<BytesMut> = None;
-        while let Some(len) = next_event(&buf[pos..], &mut data, false) {
+        while let Some(len) = next_event(&buf[pos..], &mut scan, false) {
             let ev = &buf[pos..pos + len];
-            let (keep, content) = self.inspect_event(ev, &data);
+            let (keep, content) = self.inspect_event(ev, &scan.data);
+            scan.reset();
             fed.content |= content;
             match (&mut rebuilt, keep) {
                 (None, true) => {}
@@ -298,6 +322,7 @@ impl SseRelay {
             }
             pos += len;
         }
+        self.scan = scan;
         let consumed = buf.split_to(pos).freeze();
         self.buf = buf;
         fed.out = match rebuilt {
@@ -322,9 +347,9 @@ impl SseRelay {
         if self.passthrough || buf.is_empty() {
             return buf;
         }
-        let mut data = Vec::new();
-        if next_event(&buf, &mut data, true).is_some() {
-            let (keep, _) = self.inspect_event(&buf, &data);
+        let mut scan = std::mem::take(&mut self.scan);
+        if next_event(&buf, &mut scan, true).is_some() {
+            let (keep, _) = self.inspect_event(&buf, &scan.data);
             if !keep {
                 return Bytes::new();
             }
@@ -335,6 +360,7 @@ impl SseRelay {
     /// Drops a partly received event (the stream is being cut).
     pub fn discard(&mut self) {
         self.buf.clear();
+        self.scan.reset();
     }
 
     /// True if nothing is buffered (the relay is between events).
