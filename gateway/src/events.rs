@@ -8,10 +8,14 @@
 //! is handed to a task that waits for room (backpressure without loss). When
 //! the output cannot be written (disk full, ...), the gateway keeps serving,
 //! counts `llm_gateway_events_dropped_total` and says so on stderr, at most
-//! every ten seconds.
+//! every ten seconds. The events file only ever holds whole lines: a write
+//! that fails part-way is cut back to its last complete line (the rest of the
+//! batch is counted as dropped), and a partial line left by a crash is
+//! removed when the file is opened.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,8 +192,133 @@ struct Writer {
     dropped_since_warn: u64,
 }
 
+/// Opens the events file for appending and removes a partial last line
+/// (left by a crash or a failed write), so that appends start on a line.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let cut = repair_tail(&mut f)?;
+    if cut > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = cut,
+            "removed a partial event line at the end of the events file"
+        );
+    }
+    Ok(f)
+}
+
+/// The file operations the writer needs; a trait so that tests can inject
+/// write failures.
+trait LineFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    fn len(&self) -> std::io::Result<u64>;
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl LineFile for File {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Write::write(self, buf)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.metadata().map(|m| m.len())
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// Cuts the file back to just after its last `\n`; returns the bytes removed.
+fn repair_tail(f: &mut impl LineFile) -> std::io::Result<u64> {
+    let len = f.len()?;
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let want = (end - start) as usize;
+        let mut got = 0;
+        while got < want {
+            let n = f.read_at(&mut block[got..want], start + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if let Some(i) = memchr::memrchr(b'\n', &block[..got]) {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.truncate(keep)?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        f.truncate(0)?;
+    }
+    Ok(len)
+}
+
+/// A write of whole lines that failed part-way.
+#[derive(Debug)]
+struct PartialWrite {
+    error: std::io::Error,
+    /// Lines of the batch that are in the file, whole.
+    lines_kept: u64,
+    /// The file could not be cut back: close it (the next open repairs it).
+    poisoned: bool,
+}
+
+/// Appends `buf` (whole lines). On a failure, cuts the file back to the last
+/// complete line written, so no partial line stays.
+fn append_lines(f: &mut impl LineFile, buf: &[u8]) -> Result<(), PartialWrite> {
+    let start = f.len().map_err(|error| PartialWrite {
+        error,
+        lines_kept: 0,
+        poisoned: false,
+    })?;
+    let mut written = 0;
+    while written < buf.len() {
+        match f.write(&buf[written..]) {
+            Ok(0) => {
+                return Err(cut_back(
+                    f,
+                    buf,
+                    start,
+                    written,
+                    std::io::Error::from(std::io::ErrorKind::WriteZero),
+                ));
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cut_back(f, buf, start, written, e)),
+        }
+    }
+    Ok(())
+}
+
+fn cut_back(
+    f: &mut impl LineFile,
+    buf: &[u8],
+    start: u64,
+    written: usize,
+    error: std::io::Error,
+) -> PartialWrite {
+    let keep = memchr::memrchr(b'\n', &buf[..written]).map_or(0, |i| i + 1);
+    let lines_kept = memchr::memchr_iter(b'\n', &buf[..keep]).count() as u64;
+    let poisoned = written > keep && f.truncate(start + keep as u64).is_err();
+    PartialWrite {
+        error,
+        lines_kept,
+        poisoned,
+    }
 }
 
 /// Opens the output (so start-up fails on a bad path) and starts the writer thread.
@@ -272,16 +401,29 @@ impl Writer {
         let res = match &self.output {
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(buf).and_then(|_| out.flush())
+                out.write_all(buf).and_then(|_| out.flush()).map_err(|error| PartialWrite {
+                    error,
+                    lines_kept: 0,
+                    poisoned: false,
+                })
             }
             Output::File { path, .. } => {
                 if self.file.is_none() {
-                    self.file = open_append(path).ok();
-                    self.file_bytes = 0;
+                    match open_append(path) {
+                        Ok(f) => {
+                            self.file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+                            self.file = Some(f);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot open the events file"),
+                    }
                 }
                 match &mut self.file {
-                    Some(f) => f.write_all(buf),
-                    None => Err(std::io::Error::other("events file is not open")),
+                    Some(f) => append_lines(f, buf),
+                    None => Err(PartialWrite {
+                        error: std::io::Error::other("events file is not open"),
+                        lines_kept: 0,
+                        poisoned: false,
+                    }),
                 }
             }
         };
@@ -291,16 +433,21 @@ impl Writer {
                 self.file_bytes += buf.len() as u64;
                 self.maybe_rotate();
             }
-            Err(e) => {
-                self.metrics.events_dropped(*count);
-                self.dropped_since_warn += *count;
+            Err(p) => {
+                if p.poisoned {
+                    self.file = None;
+                }
+                let dropped = count.saturating_sub(p.lines_kept);
+                self.metrics.events_written(p.lines_kept);
+                self.metrics.events_dropped(dropped);
+                self.dropped_since_warn += dropped;
                 let now = Instant::now();
                 if self
                     .last_warn
                     .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
                 {
                     tracing::error!(
-                        error = %e,
+                        error = %p.error,
                         dropped = self.dropped_since_warn,
                         "cannot write events; dropping them and continuing to serve"
                     );
@@ -583,6 +730,113 @@ mod tests {
     fn ts_format() {
         let t = time::macros::datetime!(2026-01-02 03:04:05.678901 UTC);
         assert_eq!(format_ts(t), "2026-01-02T03:04:05.678Z");
+    }
+
+    /// A file that accepts `room` more bytes, then fails like a full disk
+    /// (after a short write), until `room` is raised again.
+    struct FullDisk {
+        data: Vec<u8>,
+        room: usize,
+        fail_truncate: bool,
+    }
+
+    impl LineFile for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.data.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.data.len() as u64)
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            if self.fail_truncate {
+                return Err(std::io::Error::other("no"));
+            }
+            let freed = self.data.len() - len as usize;
+            self.data.truncate(len as usize);
+            self.room += freed;
+            Ok(())
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let src = self.data.get(offset as usize..).unwrap_or(&[]);
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            Ok(n)
+        }
+    }
+
+    fn lines_of(data: &[u8]) -> Vec<serde_json::Value> {
+        assert!(data.is_empty() || data.ends_with(b"\n"), "partial line left");
+        data.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_write_leaves_only_whole_lines() {
+        let batch = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n";
+        // Room ends inside the second line: the first stays, the rest is cut.
+        let mut f = FullDisk {
+            data: b"{\"old\":0}\n".to_vec(),
+            room: 12,
+            fail_truncate: false,
+        };
+        let err = append_lines(&mut f, batch).unwrap_err();
+        assert_eq!(err.lines_kept, 1);
+        assert!(!err.poisoned);
+        assert_eq!(lines_of(&f.data).len(), 2);
+        // Space returns: the next batch lands on a line boundary.
+        f.room = 1 << 20;
+        append_lines(&mut f, b"{\"d\":4}\n").unwrap();
+        let got = lines_of(&f.data);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2]["d"], 4);
+    }
+
+    #[test]
+    fn a_partial_tail_is_repaired_on_open() {
+        for (data, want, cut) in [
+            (&b""[..], &b""[..], 0),
+            (b"{\"a\":1}\n", b"{\"a\":1}\n", 0),
+            (b"{\"a\":1}\n{\"b\":", b"{\"a\":1}\n", 5),
+            (b"{\"b\":", b"", 5),
+        ] {
+            let mut f = FullDisk {
+                data: data.to_vec(),
+                room: 0,
+                fail_truncate: false,
+            };
+            assert_eq!(repair_tail(&mut f).unwrap(), cut);
+            assert_eq!(f.data, want);
+        }
+        // Longer than one read block.
+        let mut data = b"{\"a\":1}\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 200_000));
+        let mut f = FullDisk {
+            data,
+            room: 0,
+            fail_truncate: false,
+        };
+        assert_eq!(repair_tail(&mut f).unwrap(), 200_000);
+        assert_eq!(f.data, b"{\"a\":1}\n");
+    }
+
+    #[test]
+    fn an_uncuttable_file_is_marked_for_reopening() {
+        let mut f = FullDisk {
+            data: Vec::new(),
+            room: 3,
+            fail_truncate: true,
+        };
+        let err = append_lines(&mut f, b"{\"a\":1}\n").unwrap_err();
+        assert!(err.poisoned);
+        assert_eq!(err.lines_kept, 0);
     }
 
     #[test]
