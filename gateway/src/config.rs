@@ -92,6 +92,31 @@ pub struct RawServer {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Client connections open at once; beyond it new connections get a 503
+    /// and are closed. 0 = derived from the open-files limit (half of it,
+    /// less a reserve: each proxied request also holds an upstream socket).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Time for a client to send a request head: from accept for the first
+    /// request, from its first byte for the next ones on a keep-alive connection.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in progress is closed after this.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// Time to receive a whole request body → 408.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Slowest accepted upload, averaged from the start of the body after a
+    /// 5 s grace → 408 (0 = no minimum).
+    #[serde(default = "default_body_min_bytes_per_sec")]
+    pub body_min_bytes_per_sec: u64,
+    /// Largest request head (request line and headers) of HTTP/1.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Streams a client may open at once on one HTTP/2 connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 fn default_listen() -> String {
@@ -109,6 +134,24 @@ fn default_retry_after_secs() -> u64 {
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    75_000
+}
+fn default_body_read_timeout_ms() -> u64 {
+    60_000
+}
+fn default_body_min_bytes_per_sec() -> u64 {
+    240
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    128
+}
 
 impl Default for RawServer {
     fn default() -> Self {
@@ -118,6 +161,13 @@ impl Default for RawServer {
             max_concurrent_requests: default_max_concurrent_requests(),
             retry_after_secs: default_retry_after_secs(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            max_connections: 0,
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            body_min_bytes_per_sec: default_body_min_bytes_per_sec(),
+            max_header_bytes: default_max_header_bytes(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
         }
     }
 }
@@ -444,6 +494,14 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub retry_after_secs: u64,
     pub shutdown_grace: Duration,
+    /// 0 = derived from the open-files limit at start-up.
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub body_min_bytes_per_sec: u64,
+    pub max_header_bytes: usize,
+    pub http2_max_concurrent_streams: u32,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -532,6 +590,12 @@ impl RawConfig {
         })?;
         if self.server.max_concurrent_requests == 0 {
             return Err(invalid("server.max_concurrent_requests must be > 0"));
+        }
+        if self.server.max_header_bytes < 8192 {
+            return Err(invalid("server.max_header_bytes must be at least 8192"));
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return Err(invalid("server.http2_max_concurrent_streams must be > 0"));
         }
         if self.events.queue_capacity == 0 {
             return Err(invalid("events.queue_capacity must be > 0"));
@@ -663,6 +727,22 @@ impl RawConfig {
             max_concurrent_requests: self.server.max_concurrent_requests,
             retry_after_secs: self.server.retry_after_secs,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            max_connections: self.server.max_connections,
+            header_read_timeout: ms(
+                self.server.header_read_timeout_ms,
+                "server.header_read_timeout_ms",
+            )?,
+            keepalive_timeout: ms(
+                self.server.keepalive_timeout_ms,
+                "server.keepalive_timeout_ms",
+            )?,
+            body_read_timeout: ms(
+                self.server.body_read_timeout_ms,
+                "server.body_read_timeout_ms",
+            )?,
+            body_min_bytes_per_sec: self.server.body_min_bytes_per_sec,
+            max_header_bytes: self.server.max_header_bytes,
+            http2_max_concurrent_streams: self.server.http2_max_concurrent_streams,
             connect_timeout: ms(self.timeouts.connect_ms, "timeouts.connect_ms")?,
             first_byte_timeout: ms(self.timeouts.first_byte_ms, "timeouts.first_byte_ms")?,
             idle_timeout: ms(self.timeouts.idle_ms, "timeouts.idle_ms")?,

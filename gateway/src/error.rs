@@ -22,6 +22,8 @@ pub enum GatewayError {
     RouteNotFound,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the gateway is overloaded, retry later")]
     Overloaded { retry_after_secs: u64 },
     #[error("too many concurrent requests for this API key, retry later")]
@@ -30,6 +32,8 @@ pub enum GatewayError {
     UpstreamUnreachable(String),
     #[error("upstream timed out: {0}")]
     UpstreamTimeout(String),
+    #[error("invalid upstream response: {0}")]
+    UpstreamInvalid(String),
     #[error("the gateway is shutting down")]
     ShuttingDown { retry_after_secs: u64 },
 }
@@ -44,10 +48,13 @@ impl GatewayError {
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Overloaded { .. } | GatewayError::TenantOverloaded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            GatewayError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamInvalid(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -60,10 +67,12 @@ impl GatewayError {
             GatewayError::Unauthorized => "authentication",
             GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound => "model_not_found",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::Overloaded { .. } => "rate_limited",
             GatewayError::TenantOverloaded { .. } => "tenant_rate_limited",
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamInvalid(_) => "upstream_invalid_response",
             GatewayError::ShuttingDown { .. } => "shutting_down",
         }
     }
@@ -75,13 +84,15 @@ impl GatewayError {
             | GatewayError::InvalidRequest(_)
             | GatewayError::ModelNotFound(_)
             | GatewayError::RouteNotFound
-            | GatewayError::BodyTooLarge { .. } => "invalid_request_error",
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::RequestTimeout(_) => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Overloaded { .. } | GatewayError::TenantOverloaded { .. } => {
                 "rate_limit_error"
             }
             GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamTimeout(_)
+            | GatewayError::UpstreamInvalid(_)
             | GatewayError::ShuttingDown { .. } => "server_error",
         }
     }
@@ -95,10 +106,12 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::RouteNotFound => "unknown_url",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::Overloaded { .. } => "rate_limit_exceeded",
             GatewayError::TenantOverloaded { .. } => "tenant_rate_limit_exceeded",
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamInvalid(_) => "upstream_invalid_response",
             GatewayError::ShuttingDown { .. } => "shutting_down",
         }
     }
@@ -197,7 +210,6 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 /// Brings an upstream error body into the OpenAI shape. A body already in the
-/// nested shape (`{"error":{...}}`) is returned unchanged.
 /// True when an OpenAI-shaped error body names the `model` parameter (vLLM's unknown-model 404).
 pub fn names_model_param(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -206,6 +218,8 @@ pub fn names_model_param(body: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// Brings an upstream error body into the OpenAI shape. A body already in the
+/// nested shape (`{"error":{...}}`) is returned unchanged.
 pub fn normalize_upstream_error(status: u16, body: &[u8]) -> Bytes {
     let code_str = format!("upstream_http_{status}");
     let parsed: Option<AnyError> = serde_json::from_slice(body).ok();
@@ -248,6 +262,66 @@ pub fn normalize_upstream_error(status: u16, body: &[u8]) -> Bytes {
         format!("upstream returned HTTP {status}: {cut}")
     };
     openai_error_body(&msg, type_for_status(status), None, &code_str)
+}
+
+/// An OpenAI error for an upstream answer of `status` described by `message`.
+pub fn upstream_error_body(status: u16, message: &str) -> Bytes {
+    openai_error_body(
+        message,
+        type_for_status(status),
+        None,
+        &format!("upstream_http_{status}"),
+    )
+}
+
+const REDACTED: &[u8] = b"[redacted]";
+
+/// Removes credentials from an upstream body before a client sees it: every
+/// occurrence of the `secrets` (the pool's upstream key) and the token of
+/// every `Bearer <token>` (an upstream that echoes its request headers).
+pub fn scrub_secrets<'a>(body: &'a [u8], secrets: &[&str]) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
+    let mut out: Cow<'a, [u8]> = Cow::Borrowed(body);
+    for secret in secrets
+        .iter()
+        .map(|s| s.as_bytes())
+        .filter(|s| s.len() >= 4)
+    {
+        if memchr::memmem::find(&out, secret).is_some() {
+            let mut v = Vec::with_capacity(out.len());
+            let mut rest: &[u8] = &out;
+            while let Some(i) = memchr::memmem::find(rest, secret) {
+                v.extend_from_slice(&rest[..i]);
+                v.extend_from_slice(REDACTED);
+                rest = &rest[i + secret.len()..];
+            }
+            v.extend_from_slice(rest);
+            out = Cow::Owned(v);
+        }
+    }
+    let lower = out.to_ascii_lowercase();
+    if memchr::memmem::find(&lower, b"bearer ").is_none() {
+        return out;
+    }
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    let mut v = Vec::with_capacity(out.len());
+    let mut at = 0;
+    for i in memchr::memmem::find_iter(&lower, b"bearer ") {
+        if i < at {
+            continue;
+        }
+        let start = i + 7;
+        let end = start + out[start..].iter().take_while(|&&b| is_token(b)).count();
+        v.extend_from_slice(&out[at..start]);
+        if end > start && &out[start..end] != REDACTED {
+            v.extend_from_slice(REDACTED);
+        } else {
+            v.extend_from_slice(&out[start..end]);
+        }
+        at = end;
+    }
+    v.extend_from_slice(&out[at..]);
+    Cow::Owned(v)
 }
 
 #[cfg(test)]
@@ -358,6 +432,25 @@ mod tests {
                 .unwrap()
                 .contains("bad gateway")
         );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed() {
+        let body = br#"{"error":{"message":"bad request; headers: {'authorization': 'Bearer sk-pool-123', 'api-key': 'sk-pool-123', 'x': 'BEARER abc.def'}"}}"#;
+        let out = scrub_secrets(body, &["sk-pool-123"]);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("sk-pool-123"), "{text}");
+        assert!(!text.contains("abc.def"), "{text}");
+        assert_eq!(text.matches("[redacted]").count(), 3, "{text}");
+        let _: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        // Nothing to scrub: the body is borrowed as it is.
+        let clean = br#"{"error":{"message":"no"}}"#;
+        assert!(matches!(
+            scrub_secrets(clean, &["sk-pool-123"]),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // Short secrets are not scrubbed blindly; "Bearer" alone is kept.
+        assert_eq!(&scrub_secrets(b"a Bearer  b", &["ab"])[..], b"a Bearer  b");
     }
 
     #[test]

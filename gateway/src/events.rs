@@ -401,11 +401,13 @@ impl Writer {
         let res = match &self.output {
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(buf).and_then(|_| out.flush()).map_err(|error| PartialWrite {
-                    error,
-                    lines_kept: 0,
-                    poisoned: false,
-                })
+                out.write_all(buf)
+                    .and_then(|_| out.flush())
+                    .map_err(|error| PartialWrite {
+                        error,
+                        lines_kept: 0,
+                        poisoned: false,
+                    })
             }
             Output::File { path, .. } => {
                 if self.file.is_none() {
@@ -517,6 +519,44 @@ pub struct Recorder {
     pub prices: std::collections::HashMap<String, Price>,
     /// Cancelled when the shutdown grace period is over.
     pub hard_stop: tokio_util::sync::CancellationToken,
+    /// Requests whose event is not written yet.
+    pub live: LiveRequests,
+}
+
+/// Counts the requests in progress (guards not yet finished), so the
+/// shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct LiveRequests {
+    count: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl LiveRequests {
+    fn inc(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn dec(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    /// Requests in progress now.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once no request is in progress.
+    pub async fn wait_none(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Refusal outcome of a response.
@@ -563,6 +603,7 @@ impl EventGuard {
         tenant: Label,
         other: Label,
     ) -> Self {
+        rec.live.inc();
         Self {
             rec,
             start: Instant::now(),
@@ -713,6 +754,7 @@ impl EventGuard {
         };
         self.rec.sink.emit(ev);
         self.permits.clear();
+        self.rec.live.dec();
     }
 }
 
@@ -771,7 +813,10 @@ mod tests {
     }
 
     fn lines_of(data: &[u8]) -> Vec<serde_json::Value> {
-        assert!(data.is_empty() || data.ends_with(b"\n"), "partial line left");
+        assert!(
+            data.is_empty() || data.ends_with(b"\n"),
+            "partial line left"
+        );
         data.split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).unwrap())

@@ -21,4 +21,5 @@ pub mod proxy;
 pub mod refusal;
 pub mod relay;
 pub mod routes;
+pub mod server;
 pub mod upstream;

@@ -8,9 +8,13 @@
 //!   5. bind the listener and print `listening on ADDR` on stderr; serve.
 //!
 //! Shutdown phases (SIGTERM / SIGINT):
-//!   1. mark draining (`/readyz` fails, new `/v1` requests get 503), stop accepting;
-//!   2. let in-flight requests finish within `server.shutdown_grace_secs`;
-//!   3. cut what is left (each cut request still records its event);
+//!   1. mark draining (`/readyz` fails; new `/v1` requests, also on open
+//!      keep-alive connections, get 503 with an event and `Connection: close`);
+//!      stop accepting;
+//!   2. let in-flight requests (uploads included) finish within
+//!      `server.shutdown_grace_secs`;
+//!   3. cut what is left (each cut request still records its event), then
+//!      close the connections;
 //!   4. stop health checks and the demo upstream;
 //!   5. flush the event writer last.
 
@@ -28,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 use gateway::auth::{Auth, hash_key_hex};
 use gateway::cli::{Cli, Command, RefusalCommand};
 use gateway::config::{Overrides, RawConfig, RawModel};
-use gateway::events::{self, Output, Recorder};
+use gateway::events::{self, LiveRequests, Output, Recorder};
 use gateway::metrics::Metrics;
 use gateway::proxy::AppState;
 use gateway::upstream::Upstreams;
-use gateway::{refusal, routes};
+use gateway::{refusal, routes, server};
 
 /// Models served by the `--demo` simulator, with demo prices.
 const DEMO_MODELS: [(&str, f64, f64); 2] = [
@@ -210,6 +214,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             prices: cfg.prices.clone(),
             hard_stop: hard_stop.clone(),
+            live: LiveRequests::default(),
         }),
         auth: Auth::new(&cfg.tenants),
         global: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
@@ -218,6 +223,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     });
 
     // Phase 5: listen.
+    let nofile = server::raise_nofile_limit();
+    let limits = server::Limits::new(&cfg, nofile);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -226,58 +233,73 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(
         pools = cfg.pools.len(),
         tenants = cfg.tenants.len(),
+        max_connections = limits.max_connections,
+        open_files_limit = nofile,
         events = %cfg.events_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
         "llm-gateway started"
     );
 
-    let stop_accepting = CancellationToken::new();
+    let ctl = server::Control::default();
+    let connections = tokio_util::task::TaskTracker::new();
     let app = routes::router(state.clone());
-    // Small SSE writes must not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = {
-        let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        ctl.clone(),
+        connections.clone(),
+    ));
 
     // SIGHUP reopens the events file (logrotate).
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut server = server;
     loop {
         tokio::select! {
             _ = hup.recv() => sink.reopen(),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             r = &mut server => {
-                r??;
+                r?;
                 anyhow::bail!("the server stopped unexpectedly");
             }
         }
     }
 
     // Shutdown phase 1: drain.
+    let live = &state.recorder.live;
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs(),
+        in_flight = live.count(),
         "shutting down: draining in-flight requests"
     );
     state.draining.store(true, Ordering::Relaxed);
-    stop_accepting.cancel();
+    ctl.draining.cancel();
+    ctl.stop_accepting.cancel();
+    let _ = server.await;
     // Phase 2: wait for in-flight requests within the grace period.
-    let drained = tokio::time::timeout(cfg.shutdown_grace, &mut server)
+    let drained = tokio::time::timeout(cfg.shutdown_grace, live.wait_none())
         .await
         .is_ok();
     if !drained {
         // Phase 3: cut the rest; their events are still written.
-        tracing::warn!("grace period over: cutting the remaining requests");
+        tracing::warn!(
+            in_flight = live.count(),
+            "grace period over: cutting the remaining requests"
+        );
         state.hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
-        server.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), live.wait_none()).await;
+    }
+    // Close the connections: idle ones at once, then drop what is left (a
+    // dropped request still records its event).
+    ctl.close_idle.cancel();
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(2), connections.wait())
+        .await
+        .is_err()
+    {
+        ctl.force_close.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
     }
     // Phase 4: background tasks.
     health_stop.cancel();
@@ -286,6 +308,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     drop(sink);
     // Phase 5: flush events last.
     writer.shutdown(Duration::from_secs(5)).await;
-    tracing::info!(events_dropped = metrics.events_dropped_total(), "stopped");
+    tracing::info!(
+        events_written = metrics.events_written_total(),
+        events_dropped = metrics.events_dropped_total(),
+        "stopped"
+    );
     Ok(())
 }

@@ -78,6 +78,11 @@ struct UpstreamEndpoint {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Version {
     version: &'static str,
 }
@@ -100,6 +105,9 @@ pub enum UpstreamErrorKind {
     Http5xx,
     Http4xx,
     Stream,
+    /// A 2xx that is not what the route promises (not JSON, an error object,
+    /// a stream without events).
+    Invalid,
 }
 
 impl UpstreamErrorKind {
@@ -110,6 +118,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Http5xx => "http_5xx",
             UpstreamErrorKind::Http4xx => "http_4xx",
             UpstreamErrorKind::Stream => "stream",
+            UpstreamErrorKind::Invalid => "invalid_response",
         }
     }
 }
@@ -147,6 +156,9 @@ pub struct Metrics {
     upstream_up: Family<UpstreamEndpoint, Gauge>,
     events_written: Counter,
     events_dropped: Counter,
+    open_connections: Gauge,
+    connections_rejected: Family<Reason, Counter>,
+    connections_timed_out: Family<Reason, Counter>,
 }
 
 /// Outcome of one request, recorded when it ends.
@@ -175,6 +187,9 @@ impl Metrics {
         let upstream_up = Family::<UpstreamEndpoint, Gauge>::default();
         let events_written = Counter::default();
         let events_dropped = Counter::default();
+        let open_connections = Gauge::default();
+        let connections_rejected = Family::<Reason, Counter>::default();
+        let connections_timed_out = Family::<Reason, Counter>::default();
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -238,6 +253,21 @@ impl Metrics {
             events_dropped.clone(),
         );
         registry.register(
+            "llm_gateway_open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "llm_gateway_connections_rejected",
+            "Client connections refused, by reason (limit: server.max_connections reached; accept_error: accepting failed, e.g. out of file descriptors)",
+            connections_rejected.clone(),
+        );
+        registry.register(
+            "llm_gateway_connections_timed_out",
+            "Client connections closed by a timeout, by reason (header: request head not received in time; idle: keep-alive idle)",
+            connections_timed_out.clone(),
+        );
+        registry.register(
             "llm_gateway_build_info",
             "Build information (always 1)",
             build,
@@ -256,6 +286,9 @@ impl Metrics {
             upstream_up,
             events_written,
             events_dropped,
+            open_connections,
+            connections_rejected,
+            connections_timed_out,
         }
     }
 
@@ -328,12 +361,35 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// A client connection opened (+1) or closed (-1).
+    pub fn connections_add(&self, delta: i64) {
+        self.open_connections.inc_by(delta);
+    }
+
+    /// A client connection was refused (`limit`, `accept_error`).
+    pub fn connection_rejected(&self, reason: &'static str) {
+        self.connections_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// A client connection was closed by a timeout (`header`, `idle`).
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        self.connections_timed_out
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
     pub fn events_written(&self, n: u64) {
         self.events_written.inc_by(n);
     }
 
     pub fn events_dropped(&self, n: u64) {
         self.events_dropped.inc_by(n);
+    }
+
+    pub fn events_written_total(&self) -> u64 {
+        self.events_written.get()
     }
 
     pub fn events_dropped_total(&self) -> u64 {

@@ -20,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::error::{GatewayError, names_model_param, normalize_upstream_error, sse_error_event};
+use crate::error::{
+    GatewayError, names_model_param, normalize_upstream_error, scrub_secrets, sse_error_event,
+    upstream_error_body,
+};
 use crate::events::{EventGuard, Recorder, RefusalOutcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::refusal::Signals;
-use crate::relay::{SseRelay, Summary, inspect_body};
+use crate::relay::{BodyShape, SseRelay, Summary, inspect_body};
 use crate::upstream::{InFlight, Pool, Upstreams};
 
 /// Shared state of the server.
@@ -90,34 +93,65 @@ pub fn start_guard(state: &AppState, headers: &HeaderMap, route: &'static str) -
     )
 }
 
-/// Common admission: draining, global limit, auth, tenant limit.
-pub fn admit(
+/// Admission at the request head: draining, auth, and a cheap early 429 when
+/// no slot is free now (so an overloaded gateway reads no body it would
+/// refuse). Takes no slot: see [`take_slots`].
+pub fn check_head(
     state: &AppState,
     headers: &HeaderMap,
     guard: &mut EventGuard,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Arc<Semaphore>>, GatewayError> {
     let retry_after_secs = state.cfg.retry_after_secs;
     if state.draining.load(Ordering::Relaxed) {
         return Err(GatewayError::ShuttingDown { retry_after_secs });
     }
+    if state.global.available_permits() == 0 {
+        return Err(GatewayError::Overloaded { retry_after_secs });
+    }
+    let tenant = state
+        .auth
+        .authenticate(headers)
+        .ok_or(GatewayError::Unauthorized)?;
+    guard.tenant = tenant.name.clone();
+    if let Some(limit) = &tenant.limit
+        && limit.available_permits() == 0
+    {
+        return Err(GatewayError::TenantOverloaded { retry_after_secs });
+    }
+    Ok(tenant.limit.clone())
+}
+
+/// Takes the global and the tenant concurrency slots, held until the request
+/// ends. Taken once the body is in, so slow uploads hold no slot.
+pub fn take_slots(
+    state: &AppState,
+    tenant_limit: Option<Arc<Semaphore>>,
+    guard: &mut EventGuard,
+) -> Result<(), GatewayError> {
+    let retry_after_secs = state.cfg.retry_after_secs;
     let permit = state
         .global
         .clone()
         .try_acquire_owned()
         .map_err(|_| GatewayError::Overloaded { retry_after_secs })?;
     guard.hold(permit);
-    let tenant = state
-        .auth
-        .authenticate(headers)
-        .ok_or(GatewayError::Unauthorized)?;
-    guard.tenant = tenant.name.clone();
-    if let Some(limit) = tenant.limit {
+    if let Some(limit) = tenant_limit {
         let permit = limit
             .try_acquire_owned()
             .map_err(|_| GatewayError::TenantOverloaded { retry_after_secs })?;
         guard.hold(permit);
     }
     Ok(())
+}
+
+/// Admission of a request without a body: [`check_head`], then [`take_slots`].
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    guard: &mut EventGuard,
+) -> Result<(), GatewayError> {
+    let limit = check_head(state, headers, guard)?;
+    take_slots(state, limit, guard)
 }
 
 /// Ends a request with a gateway error.
@@ -248,30 +282,117 @@ pub fn parse_request(body: Bytes) -> Result<Parsed, GatewayError> {
     })
 }
 
-/// Reads the request body, enforcing the size limit.
+/// Limits of a request body upload.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    /// The whole body must arrive within this time from the request head.
+    pub timeout: Duration,
+    /// After [`MIN_RATE_GRACE`], the average upload rate must stay above this
+    /// (0 = no minimum).
+    pub min_bytes_per_sec: u64,
+}
+
+impl BodyLimits {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            max_bytes: cfg.max_body_bytes,
+            timeout: cfg.body_read_timeout,
+            min_bytes_per_sec: cfg.body_min_bytes_per_sec,
+        }
+    }
+
+    /// When the upload must have progressed past `received` bytes.
+    fn deadline(&self, started: Instant, received: usize) -> Instant {
+        let whole = started + self.timeout;
+        if self.min_bytes_per_sec == 0 {
+            return whole;
+        }
+        let needed = Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        whole.min(started + MIN_RATE_GRACE.max(needed))
+    }
+}
+
+/// Time an upload gets before its average rate is checked (Kestrel's
+/// `MinRequestBodyDataRate` grace period).
+pub const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Answer with this error.
+    Reject(GatewayError),
+    /// The client closed the connection during the upload: nobody to answer.
+    ClientGone,
+}
+
+/// Reads the request body within the size limit, the whole-body timeout and
+/// the minimum rate. `started` is when the request head arrived.
 pub async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    if let Some(len) = headers
+    limits: BodyLimits,
+    started: Instant,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let limit = limits.max_bytes;
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(GatewayError::BodyTooLarge { limit });
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            GatewayError::BodyTooLarge { limit }
-        } else {
-            GatewayError::InvalidRequest(format!("cannot read the request body: {e}"))
+    let mut body = body;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    loop {
+        let until = limits.deadline(started, buf.len());
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => {
+                let secs = started.elapsed().as_secs_f64();
+                let msg = if started + limits.timeout <= Instant::now() {
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        limits.timeout.as_millis()
+                    )
+                } else {
+                    format!(
+                        "the request body arrives too slowly ({} bytes in {secs:.1} s; at least {} bytes/s needed)",
+                        buf.len(),
+                        limits.min_bytes_per_sec
+                    )
+                };
+                return Err(BodyError::Reject(GatewayError::RequestTimeout(msg)));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(classify_body_error(&e)),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
+            }
+            buf.extend_from_slice(&data);
         }
-    })
+    }
+}
+
+/// A malformed body (bad chunked encoding) is the client's error (400); a
+/// body cut short means the client went away.
+fn classify_body_error(e: &axum::Error) -> BodyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() {
+                return BodyError::Reject(GatewayError::InvalidRequest(format!(
+                    "malformed request body: {h}"
+                )));
+            }
+            return BodyError::ClientGone;
+        }
+        source = err.source();
+    }
+    BodyError::ClientGone
 }
 
 fn choose_pool(cfg: &Config, api: Api, parsed: &Parsed) -> Result<usize, GatewayError> {
@@ -361,14 +482,42 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 /// Handles `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
 pub async fn handle(state: Arc<AppState>, api: Api, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
-    let mut guard = start_guard(&state, &parts.headers, api.path());
-    if let Err(e) = admit(&state, &parts.headers, &mut guard) {
-        return reject(guard, e);
-    }
-    let body = match read_body(body, &parts.headers, state.cfg.max_body_bytes).await {
-        Ok(b) => b,
+    let guard = start_guard(&state, &parts.headers, api.path());
+    let id = guard.request_id.clone();
+    let hard_stop = state.hard_stop.clone();
+    let mut resp = tokio::select! {
+        r = serve(state, api, parts.headers, body, guard) => r,
+        // The guard inside `serve` is dropped here and records the cut.
+        _ = hard_stop.cancelled() => GatewayError::ShuttingDown { retry_after_secs: 1 }.into_response(),
+    };
+    set_request_id(&mut resp, &id);
+    resp
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    api: Api,
+    headers: HeaderMap,
+    body: Body,
+    mut guard: EventGuard,
+) -> Response {
+    let tenant_limit = match check_head(&state, &headers, &mut guard) {
+        Ok(l) => l,
         Err(e) => return reject(guard, e),
     };
+    let started = Instant::from_std(guard.started());
+    let body = match read_body(body, &headers, BodyLimits::from_config(&state.cfg), started).await {
+        Ok(b) => b,
+        Err(BodyError::Reject(e)) => return reject(guard, e),
+        Err(BodyError::ClientGone) => {
+            // The guard's initial state is the client's disconnect (499).
+            guard.finish();
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    };
+    if let Err(e) = take_slots(&state, tenant_limit, &mut guard) {
+        return reject(guard, e);
+    }
     let parsed = match parse_request(body) {
         Ok(p) => p,
         Err(e) => return reject(guard, e),
@@ -382,16 +531,7 @@ pub async fn handle(state: Arc<AppState>, api: Api, req: Request<Body>) -> Respo
     };
     let pool = state.upstreams.pools[pool_idx].clone();
     guard.upstream = Some(pool.name.clone());
-    let id = guard.request_id.clone();
-    let hard_stop = state.hard_stop.clone();
-    let fwd = forward(state, api, pool, parts.headers, parsed, guard);
-    let mut resp = tokio::select! {
-        r = fwd => r,
-        // The guard inside `fwd` is dropped here and records the cut.
-        _ = hard_stop.cancelled() => GatewayError::ShuttingDown { retry_after_secs: 1 }.into_response(),
-    };
-    set_request_id(&mut resp, &id);
-    resp
+    forward(state, api, pool, headers, parsed, guard).await
 }
 
 enum Attempt {
@@ -479,25 +619,53 @@ async fn send_with_retry(
     Attempt::Failed(last)
 }
 
-/// Reads a whole upstream body within the idle and total limits.
+/// An upstream body read in full, or found too large.
+enum UpstreamBody {
+    Whole(Bytes),
+    /// Larger than the limit: `seen` bytes read (and discarded) in all,
+    /// `complete` if that was the whole body.
+    TooLarge {
+        seen: u64,
+        complete: bool,
+    },
+}
+
+/// Reads a whole upstream body within the idle and total limits. Past `max`
+/// bytes, up to `measure` bytes are read and discarded to learn the size.
 async fn read_upstream_body(
     resp: &mut reqwest::Response,
     idle: Duration,
     deadline: Instant,
     max: usize,
-) -> Result<Bytes, UpstreamErrorKind> {
+    measure: u64,
+) -> Result<UpstreamBody, UpstreamErrorKind> {
     let mut buf = BytesMut::new();
+    let mut seen: u64 = 0;
     loop {
         let until = deadline.min(Instant::now() + idle);
         match tokio::time::timeout_at(until, resp.chunk()).await {
             Err(_) => return Err(UpstreamErrorKind::Timeout),
             Ok(Err(_)) => return Err(UpstreamErrorKind::Stream),
-            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(None)) if seen > max as u64 => {
+                return Ok(UpstreamBody::TooLarge {
+                    seen,
+                    complete: true,
+                });
+            }
+            Ok(Ok(None)) => return Ok(UpstreamBody::Whole(buf.freeze())),
             Ok(Ok(Some(c))) => {
-                if buf.len() + c.len() > max {
-                    return Err(UpstreamErrorKind::Stream);
+                seen += c.len() as u64;
+                if seen <= max as u64 {
+                    buf.extend_from_slice(&c);
+                } else {
+                    buf = BytesMut::new();
+                    if seen > measure {
+                        return Ok(UpstreamBody::TooLarge {
+                            seen,
+                            complete: false,
+                        });
+                    }
                 }
-                buf.extend_from_slice(&c);
             }
         }
     }
@@ -505,6 +673,26 @@ async fn read_upstream_body(
 
 /// Largest upstream body buffered for a non-streaming answer.
 const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
+/// Largest upstream error body relayed (after scrubbing); larger ones are
+/// described, not relayed.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+/// How much of a too-large error body is read to report its size.
+const MEASURE_ERROR_BODY: u64 = 64 * 1024 * 1024;
+
+/// The pool's upstream key, to be scrubbed from what upstreams answer.
+fn pool_secret(pool: &Pool) -> Option<&str> {
+    let v = pool.auth.as_ref()?.to_str().ok()?;
+    Some(v.strip_prefix("Bearer ").unwrap_or(v))
+}
+
+/// Copies the upstream's `Retry-After` of a 429 or 503.
+fn relay_retry_after(status: StatusCode, from: &HeaderMap, to: &mut HeaderMap) {
+    if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+        && let Some(v) = from.get(header::RETRY_AFTER)
+    {
+        to.insert(header::RETRY_AFTER, v.clone());
+    }
+}
 
 async fn forward(
     state: Arc<AppState>,
@@ -544,10 +732,39 @@ async fn forward(
             UpstreamErrorKind::Http4xx
         };
         state.metrics.upstream_error(&pool.name, kind);
-        let body = read_upstream_body(&mut resp, cfg.idle_timeout, deadline, 1024 * 1024)
-            .await
-            .unwrap_or_default();
-        let out = normalize_upstream_error(status.as_u16(), &body);
+        let code = status.as_u16();
+        let out = match read_upstream_body(
+            &mut resp,
+            cfg.idle_timeout,
+            deadline,
+            MAX_ERROR_BODY,
+            MEASURE_ERROR_BODY,
+        )
+        .await
+        {
+            Ok(UpstreamBody::Whole(body)) => {
+                let secrets: Vec<&str> = pool_secret(&pool).into_iter().collect();
+                normalize_upstream_error(code, &scrub_secrets(&body, &secrets))
+            }
+            Ok(UpstreamBody::TooLarge { seen, complete }) => upstream_error_body(
+                code,
+                &format!(
+                    "upstream returned HTTP {code} with a body of {}{seen} bytes (not relayed: larger than {MAX_ERROR_BODY} bytes)",
+                    if complete { "" } else { "more than " }
+                ),
+            ),
+            Err(k) => upstream_error_body(
+                code,
+                &format!(
+                    "upstream returned HTTP {code}; its body could not be read ({})",
+                    if k == UpstreamErrorKind::Timeout {
+                        "timeout"
+                    } else {
+                        "connection failed"
+                    }
+                ),
+            ),
+        };
         // vLLM answers an unknown model with 404 `param: "model"`: the same cause as the
         // gateway's own `model_not_found`, whichever of the two noticed it.
         let error_type = if status == StatusCode::NOT_FOUND && names_model_param(&out) {
@@ -555,9 +772,10 @@ async fn forward(
         } else {
             "upstream_error"
         };
-        guard.fail(status.as_u16(), error_type);
+        guard.fail(code, error_type);
         guard.finish();
         let mut r = (status, out).into_response();
+        relay_retry_after(status, resp.headers(), r.headers_mut());
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -566,30 +784,57 @@ async fn forward(
     }
 
     if !(parsed.stream && is_sse) {
-        let body = match read_upstream_body(
-            &mut resp,
-            cfg.idle_timeout,
-            deadline,
-            MAX_UPSTREAM_BODY,
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(kind) => {
-                state.metrics.upstream_error(&pool.name, kind);
-                let e = if kind == UpstreamErrorKind::Timeout {
-                    GatewayError::UpstreamTimeout(
-                        "the upstream response did not complete in time".to_owned(),
-                    )
-                } else {
-                    GatewayError::UpstreamUnreachable(
-                        "the upstream connection failed while reading the response".to_owned(),
-                    )
-                };
-                return reject(guard, e);
-            }
-        };
+        let body =
+            match read_upstream_body(&mut resp, cfg.idle_timeout, deadline, MAX_UPSTREAM_BODY, 0)
+                .await
+            {
+                Ok(UpstreamBody::Whole(b)) => b,
+                Ok(UpstreamBody::TooLarge { .. }) => {
+                    state
+                        .metrics
+                        .upstream_error(&pool.name, UpstreamErrorKind::Invalid);
+                    return reject(
+                        guard,
+                        GatewayError::UpstreamInvalid(format!(
+                            "the upstream response is larger than {MAX_UPSTREAM_BODY} bytes"
+                        )),
+                    );
+                }
+                Err(kind) => {
+                    state.metrics.upstream_error(&pool.name, kind);
+                    let e = if kind == UpstreamErrorKind::Timeout {
+                        GatewayError::UpstreamTimeout(
+                            "the upstream response did not complete in time".to_owned(),
+                        )
+                    } else {
+                        GatewayError::UpstreamUnreachable(
+                            "the upstream connection failed while reading the response".to_owned(),
+                        )
+                    };
+                    return reject(guard, e);
+                }
+            };
         let summary = inspect_body(&body, state.cfg.detector.scan_bytes());
+        if summary.shape == BodyShape::NotJson {
+            // Nothing a client can use: say what happened instead.
+            state
+                .metrics
+                .upstream_error(&pool.name, UpstreamErrorKind::Invalid);
+            let ct = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            return reject(
+                guard,
+                GatewayError::UpstreamInvalid(format!(
+                    "the upstream answered {} with a body that is not JSON ({} bytes, content-type {ct})",
+                    status.as_u16(),
+                    body.len()
+                )),
+            );
+        }
         let upstream_headers = resp.headers().clone();
         drop(resp);
         drop(inflight);
@@ -599,7 +844,21 @@ async fn forward(
         } else {
             refusal_of(&state.cfg, &summary)
         };
-        guard.succeed(status.as_u16(), summary.finish_reason.clone());
+        // A 2xx carrying an error object (or JSON that is no object) is relayed
+        // as the upstream sent it (scrubbed), and recorded as an upstream error.
+        let failed = summary.error.is_some() || summary.shape == BodyShape::OtherJson;
+        let body = if failed {
+            state
+                .metrics
+                .upstream_error(&pool.name, UpstreamErrorKind::Invalid);
+            guard.succeed(status.as_u16(), Some("error".to_owned()));
+            guard.error_type = Some("upstream_error");
+            let secrets: Vec<&str> = pool_secret(&pool).into_iter().collect();
+            Bytes::from(scrub_secrets(&body, &secrets).into_owned())
+        } else {
+            guard.succeed(status.as_u16(), summary.finish_reason.clone());
+            body
+        };
         guard.finish();
         let mut r = Response::new(Body::from(body));
         *r.status_mut() = status;
@@ -607,46 +866,62 @@ async fn forward(
         return r;
     }
 
-    // Streaming: wait for the first chunk before answering, so that a
-    // timeout or a failure can still become a proper HTTP error.
+    // Streaming: wait for the first complete event before answering, so that
+    // a timeout, a failure or a stream without any event can still become a
+    // proper HTTP error.
     let mut relay = SseRelay::new(parsed.strip_usage, state.cfg.detector.scan_bytes());
     let until = deadline.min(Instant::now() + cfg.first_byte_timeout);
-    let first = match tokio::time::timeout_at(until, resp.chunk()).await {
-        Err(_) => {
+    let mut pending = Bytes::new();
+    let mut eof = false;
+    while pending.is_empty() && !eof {
+        match tokio::time::timeout_at(until, resp.chunk()).await {
+            Err(_) => {
+                state
+                    .metrics
+                    .upstream_error(&pool.name, UpstreamErrorKind::Timeout);
+                return reject(
+                    guard,
+                    GatewayError::UpstreamTimeout(
+                        "no stream data from the upstream in time".to_owned(),
+                    ),
+                );
+            }
+            Ok(Err(_)) => {
+                state
+                    .metrics
+                    .upstream_error(&pool.name, UpstreamErrorKind::Stream);
+                return reject(
+                    guard,
+                    GatewayError::UpstreamUnreachable("the upstream closed the stream".to_owned()),
+                );
+            }
+            Ok(Ok(None)) => eof = true,
+            Ok(Ok(Some(chunk))) => {
+                let fed = relay.feed(&chunk);
+                if fed.content && guard.ttft.is_none() {
+                    guard.ttft = Some(guard.elapsed());
+                }
+                pending = fed.out;
+            }
+        }
+    }
+    if pending.is_empty() {
+        // The upstream ended before one complete event: an unterminated last
+        // event still counts, nothing at all is an invalid answer.
+        pending = relay.finish();
+        if relay.summary.data_events == 0 {
             state
                 .metrics
-                .upstream_error(&pool.name, UpstreamErrorKind::Timeout);
+                .upstream_error(&pool.name, UpstreamErrorKind::Invalid);
             return reject(
                 guard,
-                GatewayError::UpstreamTimeout(
-                    "no stream data from the upstream in time".to_owned(),
+                GatewayError::UpstreamInvalid(
+                    "the upstream ended the stream without sending any event".to_owned(),
                 ),
             );
         }
-        Ok(Err(_)) => {
-            state
-                .metrics
-                .upstream_error(&pool.name, UpstreamErrorKind::Stream);
-            return reject(
-                guard,
-                GatewayError::UpstreamUnreachable("the upstream closed the stream".to_owned()),
-            );
-        }
-        Ok(Ok(c)) => c,
-    };
-    guard.stream_started();
-    let mut pending = Bytes::new();
-    let mut eof = false;
-    match first {
-        Some(chunk) => {
-            let fed = relay.feed(&chunk);
-            if fed.content {
-                guard.ttft = Some(guard.elapsed());
-            }
-            pending = fed.out;
-        }
-        None => eof = true,
     }
+    guard.stream_started();
     let upstream_headers = resp.headers().clone();
     let st = StreamState {
         state: state.clone(),

@@ -74,9 +74,25 @@ enum ErrorView {
     Other(serde_json::Value),
 }
 
+/// What a complete response body was.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum BodyShape {
+    /// A JSON object (what every proxied route promises).
+    #[default]
+    Object,
+    /// JSON, but not an object.
+    OtherJson,
+    /// Not JSON at all.
+    NotJson,
+}
+
 /// What was learnt from a response (stream or body).
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Shape of a complete body (streams: always `Object`).
+    pub shape: BodyShape,
+    /// SSE events with a `data:` field (streams).
+    pub data_events: u64,
     /// Finish reason of choice 0 (else of the last choice that had one).
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
@@ -182,8 +198,17 @@ fn push_bounded(buf: &mut String, s: &str, limit: usize) {
 /// Inspects a complete JSON response body.
 pub fn inspect_body(body: &[u8], scan_limit: usize) -> Summary {
     let mut s = Summary::default();
-    if let Ok(view) = serde_json::from_slice::<ResponseView>(body) {
-        s.absorb(view, scan_limit);
+    match serde_json::from_slice::<ResponseView>(body) {
+        Ok(view) => {
+            s.absorb(view, scan_limit);
+        }
+        Err(e) if e.is_data() => {
+            let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            if !object {
+                s.shape = BodyShape::OtherJson;
+            }
+        }
+        Err(_) => s.shape = BodyShape::NotJson,
     }
     s
 }
@@ -373,6 +398,7 @@ impl SseRelay {
         if data.is_empty() {
             return (true, false);
         }
+        self.summary.data_events += 1;
         let joined: Cow<'_, [u8]> = if data.len() == 1 {
             Cow::Borrowed(&ev[data[0].0..data[0].1])
         } else {
@@ -537,5 +563,13 @@ mod tests {
         assert_eq!(s.usage.unwrap().completion_tokens, None);
         let s = inspect_body(b"not json", 10);
         assert!(s.usage.is_none());
+        assert_eq!(s.shape, BodyShape::NotJson);
+        assert_eq!(inspect_body(b"[1]", 10).shape, BodyShape::OtherJson);
+        assert_eq!(inspect_body(br#"{"x":1}"#, 10).shape, BodyShape::Object);
+        assert_eq!(
+            inspect_body(br#"{"choices":5}"#, 10).shape,
+            BodyShape::Object,
+            "an object of unexpected types is still an object"
+        );
     }
 }
