@@ -866,14 +866,14 @@ async fn forward(
         return r;
     }
 
-    // Streaming: wait for the first complete event before answering, so that
-    // a timeout, a failure or a stream without any event can still become a
-    // proper HTTP error.
+    // Streaming: wait for the first event with data before answering, so
+    // that a timeout, a failure or a stream without any data (comments only,
+    // or nothing) can still become a proper HTTP error.
     let mut relay = SseRelay::new(parsed.strip_usage, state.cfg.detector.scan_bytes());
     let until = deadline.min(Instant::now() + cfg.first_byte_timeout);
-    let mut pending = Bytes::new();
+    let mut pending = BytesMut::new();
     let mut eof = false;
-    while pending.is_empty() && !eof {
+    while relay.summary.data_events == 0 && !eof {
         match tokio::time::timeout_at(until, resp.chunk()).await {
             Err(_) => {
                 state
@@ -901,14 +901,14 @@ async fn forward(
                 if fed.content && guard.ttft.is_none() {
                     guard.ttft = Some(guard.elapsed());
                 }
-                pending = fed.out;
+                pending.extend_from_slice(&fed.out);
             }
         }
     }
-    if pending.is_empty() {
-        // The upstream ended before one complete event: an unterminated last
-        // event still counts, nothing at all is an invalid answer.
-        pending = relay.finish();
+    if eof {
+        // An unterminated last event still counts; no data at all is an
+        // invalid answer.
+        pending.extend_from_slice(&relay.finish());
         if relay.summary.data_events == 0 {
             state
                 .metrics
@@ -916,11 +916,12 @@ async fn forward(
             return reject(
                 guard,
                 GatewayError::UpstreamInvalid(
-                    "the upstream ended the stream without sending any event".to_owned(),
+                    "the upstream ended the stream without sending any data".to_owned(),
                 ),
             );
         }
     }
+    let pending = pending.freeze();
     guard.stream_started();
     let upstream_headers = resp.headers().clone();
     let st = StreamState {

@@ -177,9 +177,25 @@ impl Gateway {
         config: Option<&str>,
         tweak: impl FnOnce(&mut Command),
     ) -> Gateway {
+        Self::launch(Command::new(bin()), args, config, tweak)
+    }
+
+    /// Starts the gateway under a wrapper that execs it (`prlimit --nofile=256`),
+    /// so the child's pid is the gateway's.
+    pub fn start_under(wrapper: &[&str], args: &[&str], config: Option<&str>) -> Gateway {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(bin());
+        Self::launch(cmd, args, config, |_| {})
+    }
+
+    fn launch(
+        mut cmd: Command,
+        args: &[&str],
+        config: Option<&str>,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let events_path = dir.path().join("events.log");
-        let mut cmd = Command::new(bin());
         cmd.arg("--listen").arg("127.0.0.1:0");
         if !args.contains(&"--events") {
             cmd.arg("--events").arg(&events_path);
