@@ -86,6 +86,24 @@ impl Limits {
     }
 }
 
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). tokio's default of 1,024 overflows when a thousand
+/// clients reconnect at once, and an overflowing queue drops SYNs, which
+/// costs each dropped client a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with `SO_REUSEADDR` and a deep backlog.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises the soft open-files limit to the hard one (as Go and nginx's
 /// `worker_rlimit_nofile` do) and returns the soft limit in force.
 pub fn raise_nofile_limit() -> u64 {
