@@ -1125,6 +1125,133 @@ mod tests {
         assert_eq!(t.open_files(), 1);
     }
 
+    fn cfg_glob(dir: &Path, rotate_wait: Duration, max_open_files: usize) -> TailerConfig {
+        TailerConfig {
+            patterns: vec![format!("{}/*.log", dir.display())],
+            discover_interval: Duration::ZERO,
+            rotate_wait,
+            max_line_buffer: 1024,
+            read_budget: 1 << 20,
+            max_open_files,
+            metrics: TailerMetrics::default(),
+        }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_does_not_delete_its_files() {
+        // The input directory is replaced by a regular file for a while: listing it
+        // and stat-ing the files' paths fail with ENOTDIR (root cannot bypass that, as
+        // it can bypass permission bits). The followed files must be kept as they are
+        // (not closed, not re-read when the directory is back).
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        for i in 0..5 {
+            append(&dir.join(format!("f{i}.log")), &format!("f{i}-a\nf{i}-b\n"));
+        }
+        let m = TailerMetrics::default();
+        let mut c = cfg_glob(&dir, Duration::ZERO, 64);
+        c.metrics = m.clone();
+        let mut t = Tailer::new(c, []);
+        let mut out = Collect::default();
+        let now = Instant::now();
+        t.poll(now, &mut out).unwrap();
+        assert_eq!(out.lines.len(), 10);
+        fs::rename(&dir, base.path().join("logs.away")).unwrap();
+        fs::write(&dir, "not a directory").unwrap();
+        for k in 0..20 {
+            t.poll(now + Duration::from_secs(k), &mut out).unwrap();
+        }
+        assert!(out.closed.is_empty(), "closed {:?}", out.closed);
+        assert_eq!(t.followed_files(), 5);
+        assert!(
+            m.discovery_errors.get() >= 20,
+            "{}",
+            m.discovery_errors.get()
+        );
+        fs::remove_file(&dir).unwrap();
+        fs::rename(base.path().join("logs.away"), &dir).unwrap();
+        append(&dir.join("f0.log"), "f0-c\n");
+        for k in 20..25 {
+            t.poll(now + Duration::from_secs(k), &mut out).unwrap();
+        }
+        assert_eq!(out.lines.len(), 11, "{:?}", out.lines);
+        assert_eq!(out.lines.last().map(String::as_str), Some("f0-c"));
+    }
+
+    #[test]
+    fn a_directory_moved_away_and_back_resumes_its_files() {
+        // The directory is really gone for longer than the rotate wait: the files are
+        // drained through their open handles and closed. When the directory comes back
+        // they are resumed from their positions, not read again from the start.
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        for i in 0..5 {
+            append(&dir.join(format!("f{i}.log")), &format!("f{i}-a\n"));
+        }
+        let mut t = Tailer::new(cfg_glob(&dir, Duration::ZERO, 64), []);
+        let mut out = Collect::default();
+        let now = Instant::now();
+        t.poll(now, &mut out).unwrap();
+        fs::rename(&dir, base.path().join("logs.away")).unwrap();
+        fs::create_dir(&dir).unwrap(); // an empty directory in its place
+        append(&base.path().join("logs.away/f1.log"), "f1-late\n");
+        t.poll(now, &mut out).unwrap();
+        t.poll(now, &mut out).unwrap();
+        assert_eq!(out.closed.len(), 5);
+        assert_eq!(t.followed_files(), 0);
+        fs::remove_dir(&dir).unwrap();
+        fs::rename(base.path().join("logs.away"), &dir).unwrap();
+        append(&dir.join("f2.log"), "f2-new\n");
+        t.poll(now, &mut out).unwrap();
+        t.poll(now, &mut out).unwrap();
+        let mut lines = out.lines.clone();
+        lines.sort();
+        assert_eq!(
+            lines,
+            ["f0-a", "f1-a", "f1-late", "f2-a", "f2-new", "f3-a", "f4-a"],
+            "no line twice"
+        );
+        assert_eq!(t.followed_files(), 5);
+    }
+
+    #[test]
+    fn more_files_than_the_budget_are_parked_and_read_by_position() {
+        let d = tempfile::tempdir().unwrap();
+        let m = TailerMetrics::default();
+        let mut c = cfg_glob(d.path(), Duration::ZERO, 3);
+        c.metrics = m.clone();
+        let mut t = Tailer::new(c, []);
+        let mut out = Collect::default();
+        let now = Instant::now();
+        let mut want = Vec::new();
+        for round in 0..4 {
+            for i in 0..20 {
+                let l = format!("f{i:02}-{round}");
+                append(&d.path().join(format!("f{i:02}.log")), &format!("{l}\n"));
+                want.push(l);
+            }
+            // A partial line in a parked file survives parking.
+            append(&d.path().join("f05.log"), "half");
+            for _ in 0..3 {
+                t.poll(now, &mut out).unwrap();
+                assert!(t.open_files() <= 3, "{} open", t.open_files());
+            }
+            append(&d.path().join("f05.log"), &format!("-{round}\n"));
+            want.push(format!("half-{round}"));
+        }
+        t.poll(now, &mut out).unwrap();
+        let mut got = out.lines.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(t.followed_files(), 20);
+        assert_eq!(m.open_files.get(), 3);
+        assert_eq!(m.followed_files.get(), 20);
+        assert!(m.reopens.get() > 0);
+    }
+
     #[test]
     fn resume_from_saved_position_and_detect_inode_reuse() {
         let d = tempfile::tempdir().unwrap();
