@@ -323,3 +323,46 @@ fn retry_after_is_honoured() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     drop(ship);
 }
+
+/// A 10,485,761-byte JSON line (longer than the reader's 4 MiB buffer): shipped cut to
+/// `--max-line-bytes` with a marker giving its real length, with its labels and
+/// timestamp, and without `parse_error="true"`.
+#[test]
+fn a_huge_json_line_is_truncated_truthfully() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(dir.path());
+    let log = dir.path().join("app.log");
+    let head = event_line(0, 0);
+    let head = head.trim_end().trim_end_matches("\"}");
+    let total = 10_485_761usize;
+    let pad = total - head.len() - 2;
+    let line = format!("{head}{}\"}}\n", "x".repeat(pad));
+    assert_eq!(line.len(), total + 1);
+    std::fs::write(&log, &line).unwrap();
+    append_lines(&log, 1..2, 10);
+    let (ship, maddr) = start_shipper(&rx, dir.path(), log.to_str().unwrap(), &[]);
+    rx.wait_all(2, Duration::from_secs(30), Some(&ship));
+    let text = std::fs::read_to_string(&rx.record).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let shipped = first["line"].as_str().unwrap();
+    println!(
+        "10,485,761-byte line shipped as {} bytes, labels {}",
+        shipped.len(),
+        first["labels"]
+    );
+    assert!(
+        shipped.ends_with("…[log-shipper: truncated, original 10485761 bytes]"),
+        "{}",
+        &shipped[shipped.len().saturating_sub(80)..]
+    );
+    assert!(shipped.len() <= 256_000);
+    assert_eq!(first["labels"]["event"], "response");
+    assert!(
+        first["labels"].get("parse_error").is_none(),
+        "{}",
+        first["labels"]
+    );
+    assert_eq!(metric(&maddr, "log_shipper_truncated_lines_total"), 1.0);
+    assert_eq!(metric(&maddr, "log_shipper_parse_errors_total"), 0.0);
+    drop(ship);
+}
