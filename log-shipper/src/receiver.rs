@@ -8,7 +8,9 @@
 //! everything was accepted, and 400 as a *partial success* (valid entries are stored,
 //! invalid ones are not) with **Loki 3.4's exact body** (see [`loki_400_body`]): the
 //! validation messages of grafana/loki `pkg/validation/validate.go` grouped the way
-//! `util.GroupedErrors` groups them, which carries no "total ignored" count.
+//! `util.GroupedErrors` groups them, which carries no "total ignored" count. The
+//! stream labels in those messages include the `service_name` Loki 3.x discovers
+//! (see [`with_service_name`]); entries are recorded with the labels as pushed.
 //!
 //! Every accepted entry is recorded as one JSON line
 //! `{"labels":{..},"ts_ns":"..","line":"..","structured_metadata":{..}}` (to the
@@ -376,6 +378,45 @@ fn go_quote_into(out: &mut String, v: &str) {
     out.push('"');
 }
 
+/// Loki's default `discover_service_name` list (`pkg/validation/limits.go`): the first
+/// of these labels with a value becomes `service_name`.
+const DISCOVER_SERVICE_NAME: &[&str] = &[
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+];
+
+/// The labels Loki 3.x validates and names in its messages: the pushed ones plus a
+/// discovered `service_name` (`pkg/loghttp/push/push.go`, `ParseLokiRequest`, sets
+/// `s.Labels` with it; `unknown_service` when no listed label has a value). The
+/// receiver records entries with the labels as pushed.
+pub fn with_service_name(pairs: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = pairs.to_vec();
+    if !pairs.iter().any(|(n, _)| n == "service_name") {
+        let v = DISCOVER_SERVICE_NAME
+            .iter()
+            .find_map(|want| {
+                pairs
+                    .iter()
+                    .find(|(n, v)| n == want && !v.is_empty())
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| "unknown_service".to_string());
+        out.push(("service_name".to_string(), v));
+    }
+    out
+}
+
 /// Go's `time.Time.Format(time.RFC3339)` for a UTC time: whole seconds, `Z`.
 pub fn rfc3339_seconds(ts_ns: i64) -> String {
     let secs = ts_ns.div_euclid(1_000_000_000);
@@ -645,7 +686,7 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
                 continue;
             }
         };
-        let stream = prometheus_labels_string(&pairs);
+        let stream = prometheus_labels_string(&with_service_name(&pairs));
         for e in &s.entries {
             if let Err(reason) = validate_entry(&st.cfg, &stream, e, now) {
                 ignored += 1;
@@ -828,6 +869,17 @@ mod tests {
             )
         );
         assert!(!loki_400_body(&mixed).contains("total ignored"));
+        assert_eq!(
+            prometheus_labels_string(&with_service_name(&[
+                ("app".into(), "llm-gateway".into()),
+                ("level".into(), "info".into())
+            ])),
+            r#"{app="llm-gateway", level="info", service_name="llm-gateway"}"#
+        );
+        assert_eq!(
+            prometheus_labels_string(&with_service_name(&[("x".into(), "1".into())])),
+            r#"{service_name="unknown_service", x="1"}"#
+        );
         assert_eq!(
             prometheus_labels_string(&[("z".into(), "a\"b\\".into()), ("a".into(), "1".into())]),
             r#"{a="1", z="a\"b\\"}"#

@@ -265,6 +265,16 @@ fn loki_3_4_partial_400_is_counted_exactly() {
     assert_eq!((sent, dropped, unknown), (200.0, 100.0, 0.0));
     assert!(metric(&maddr, "log_shipper_batches_total{outcome=\"rejected\"}") >= 1.0);
     assert_eq!(rx.counts().len(), 200);
+    // The shipper logged Loki 3.4's wording, which has no "total ignored".
+    let log_text = ship.stderr.lock().unwrap().join("\n");
+    assert!(
+        log_text
+            .contains("errors like: entry for stream '{app=\"llm-gateway\", event=\"response\"")
+            && log_text.contains("service_name=\"llm-gateway\"")
+            && log_text.contains("has timestamp too old: "),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("total ignored"), "{log_text}");
     drop(ship);
 }
 
