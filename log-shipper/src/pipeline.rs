@@ -405,6 +405,10 @@ impl LineSink for ReaderCtx {
         self.batcher.forget(id, self.now);
         Ok(())
     }
+    fn resumed(&mut self, pos: PosRef<'_>) -> Result<(), Stop> {
+        self.batcher.skip(Some(pos), 0, self.read_ns, self.now);
+        Ok(())
+    }
 }
 
 /// Standard input, split into lines on the reader thread.

@@ -109,6 +109,13 @@ pub trait LineSink {
     fn line(&mut self, info: LineInfo<'_>) -> Result<(), Stop>;
     /// A file was closed after its last line (or its saved position is obsolete).
     fn closed(&mut self, id: FileId) -> Result<(), Stop>;
+    /// A file closed earlier (its position forgotten) came back and is followed again
+    /// from `pos`: the position must be saved again, or a restart would read the file
+    /// from its start.
+    fn resumed(&mut self, pos: PosRef<'_>) -> Result<(), Stop> {
+        let _ = pos;
+        Ok(())
+    }
 }
 
 /// Read progress of one followed file, shared with other threads (for the pending-bytes
@@ -607,10 +614,25 @@ impl Tailer {
             let Ok(fp) = Fingerprint::of_file(&file) else {
                 continue;
             };
+            let was_closed = self.remembered.contains(&s.id);
             let offset = self.start_offset(s.id, &file, meta.len());
-            tracing::info!(path = %s.path.display(), offset, "following file");
+            let resumed = was_closed && !self.saved.contains_key(&s.id);
+            if resumed {
+                self.remembered.retain(|x| *x != s.id);
+                tracing::info!(path = %s.path.display(), offset, "a file closed earlier is back; resuming it from its position");
+            } else {
+                tracing::info!(path = %s.path.display(), offset, "following file");
+            }
             if let Some(mut t) = open_at(s.id, s.path, file, fp, offset, meta.len(), false) {
                 t.mtime = s.mtime;
+                if resumed {
+                    sink.resumed(PosRef {
+                        id: t.id,
+                        path: &t.path,
+                        fingerprint: t.fp,
+                        offset: t.offset,
+                    })?;
+                }
                 self.files.push(t);
                 if self.open_files() > self.budget() {
                     let last = self.files.len() - 1;
@@ -1064,6 +1086,7 @@ mod tests {
     struct Collect {
         lines: Vec<String>,
         closed: Vec<FileId>,
+        resumed: Vec<(FileId, u64)>,
         last: HashMap<FileId, u64>,
     }
 
@@ -1076,6 +1099,10 @@ mod tests {
         }
         fn closed(&mut self, id: FileId) -> Result<(), Stop> {
             self.closed.push(id);
+            Ok(())
+        }
+        fn resumed(&mut self, pos: PosRef<'_>) -> Result<(), Stop> {
+            self.resumed.push((pos.id, pos.offset));
             Ok(())
         }
     }
@@ -1214,6 +1241,10 @@ mod tests {
             "no line twice"
         );
         assert_eq!(t.followed_files(), 5);
+        // Their positions are handed out again (the closed files' were forgotten), so a
+        // restart now does not read them from the start.
+        assert_eq!(out.resumed.len(), 5, "{:?}", out.resumed);
+        assert!(out.resumed.iter().all(|(_, off)| *off > 0));
     }
 
     #[test]
