@@ -29,6 +29,8 @@ stage_setup() {
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
   command -v jq >/dev/null || missing+=(jq)
+  # prlimit and setpriv: the shipper's fd-limit and permission-fault tests.
+  { command -v prlimit && command -v setpriv; } >/dev/null || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     need_root apt-get update -qq &&

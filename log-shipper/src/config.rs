@@ -99,6 +99,13 @@ pub struct Config {
     /// (milliseconds).
     #[serde(default = "default_rotate_wait_ms")]
     pub rotate_wait_ms: u64,
+    /// Most followed files kept open at once (one file descriptor each). More files are
+    /// parked (closed, position kept) and reopened by position when they have new data;
+    /// the most recently modified files stay open. Lowered at start-up to the process
+    /// limit (`RLIMIT_NOFILE`) minus a reserve of 64, so sockets, the positions file and
+    /// `/metrics` always have descriptors.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
     /// Timeout of one push request (milliseconds).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -180,6 +187,12 @@ pub fn default_poll_interval_ms() -> u64 {
 pub fn default_rotate_wait_ms() -> u64 {
     5000
 }
+/// Default open-files budget: 256 (well under the usual limit of 1,024).
+pub fn default_max_open_files() -> usize {
+    256
+}
+/// Descriptors kept free for everything else when the budget is fitted to the limit.
+pub const FD_RESERVE: u64 = 64;
 /// Default request timeout: 30 s.
 pub fn default_request_timeout_ms() -> u64 {
     30_000
@@ -227,6 +240,7 @@ impl Default for Config {
             max_label_values: default_max_label_values(),
             poll_interval_ms: default_poll_interval_ms(),
             rotate_wait_ms: default_rotate_wait_ms(),
+            max_open_files: default_max_open_files(),
             request_timeout_ms: default_request_timeout_ms(),
             retry_initial_backoff_ms: default_retry_initial_backoff_ms(),
             retry_max_backoff_ms: default_retry_max_backoff_ms(),
@@ -317,6 +331,10 @@ pub struct Cli {
     /// Idle time before a rotated file is closed, in milliseconds.
     #[arg(long, env = "LOG_SHIPPER_ROTATE_WAIT_MS")]
     pub rotate_wait_ms: Option<u64>,
+    /// Most input files open at once (default 256, and at most the process's file
+    /// limit minus 64); more files are parked and reopened by position.
+    #[arg(long, env = "LOG_SHIPPER_MAX_OPEN_FILES")]
+    pub max_open_files: Option<usize>,
     /// Push request timeout in milliseconds.
     #[arg(long, env = "LOG_SHIPPER_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -421,6 +439,7 @@ impl Config {
         set(&mut self.max_label_values, &cli.max_label_values);
         set(&mut self.poll_interval_ms, &cli.poll_interval_ms);
         set(&mut self.rotate_wait_ms, &cli.rotate_wait_ms);
+        set(&mut self.max_open_files, &cli.max_open_files);
         set(&mut self.request_timeout_ms, &cli.request_timeout_ms);
         set(
             &mut self.retry_initial_backoff_ms,
@@ -468,6 +487,9 @@ impl Config {
         if self.max_line_bytes < 128 {
             return bad("--max-line-bytes must be at least 128");
         }
+        if self.max_open_files == 0 {
+            return bad("--max-open-files must be at least 1");
+        }
         if self.poll_interval_ms == 0 || self.batch_max_wait_ms == 0 {
             return bad("--poll-interval-ms and --batch-max-wait-ms must be positive");
         }
@@ -479,6 +501,17 @@ impl Config {
         crate::parser::Parser::new(self.parser_config())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
+    }
+
+    /// The open-files budget actually used: `max_open_files`, lowered to the process's
+    /// soft `RLIMIT_NOFILE` minus [`FD_RESERVE`] (at least 8).
+    pub fn effective_max_open_files(&self) -> usize {
+        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(u64::MAX);
+        let fitted = limit.saturating_sub(FD_RESERVE).max(8);
+        self.max_open_files
+            .min(usize::try_from(fitted).unwrap_or(usize::MAX))
     }
 
     /// The parser part.

@@ -1,6 +1,7 @@
 //! Minimal glob expansion for input patterns: `*`, `?` and `[...]` / `[!...]` inside
 //! any path component (no `**`). A pattern without metacharacters names one file.
 
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// Whether `s` contains a glob metacharacter.
@@ -89,12 +90,36 @@ fn class(pat: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
+/// What a pattern expanded to, and what could not be looked at.
+#[derive(Debug, Default)]
+pub struct Expansion {
+    /// Existing paths that match, sorted per directory.
+    pub paths: Vec<PathBuf>,
+    /// Directories or paths that could not be listed or `stat`ed for another reason than
+    /// "does not exist" (permission denied, too many open files, not a directory, I/O
+    /// error). When this is not empty the listing is incomplete: a followed file missing
+    /// from `paths` may still be there.
+    pub errors: Vec<(PathBuf, io::Error)>,
+}
+
 /// Expands a pattern into the existing paths it matches, sorted. Non-files are kept
 /// (the caller stats them); unreadable directories are skipped.
 pub fn expand(pattern: &str) -> Vec<PathBuf> {
+    expand_checked(pattern).paths
+}
+
+/// Like [`expand`], but reports what could not be listed instead of treating it as
+/// empty.
+pub fn expand_checked(pattern: &str) -> Expansion {
+    let mut out = Expansion::default();
     if !has_meta(pattern) {
         let p = PathBuf::from(pattern);
-        return if p.exists() { vec![p] } else { vec![] };
+        match std::fs::metadata(&p) {
+            Ok(_) => out.paths.push(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => out.errors.push((p, e)),
+        }
+        return out;
     }
     let path = Path::new(pattern);
     let mut current: Vec<PathBuf> = vec![PathBuf::new()];
@@ -110,14 +135,29 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
                         } else {
                             base.as_path()
                         };
-                        let Ok(rd) = std::fs::read_dir(dir) else {
-                            continue;
+                        let rd = match std::fs::read_dir(dir) {
+                            Ok(rd) => rd,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                            Err(e) => {
+                                out.errors.push((dir.to_path_buf(), e));
+                                continue;
+                            }
                         };
-                        let mut names: Vec<_> = rd
-                            .filter_map(Result::ok)
-                            .map(|e| e.file_name())
-                            .filter(|n| matches(s.as_bytes(), n.as_encoded_bytes()))
-                            .collect();
+                        let mut names = Vec::new();
+                        for entry in rd {
+                            match entry {
+                                Ok(e) => {
+                                    let n = e.file_name();
+                                    if matches(s.as_bytes(), n.as_encoded_bytes()) {
+                                        names.push(n);
+                                    }
+                                }
+                                Err(e) => {
+                                    out.errors.push((dir.to_path_buf(), e));
+                                    break;
+                                }
+                            }
+                        }
                         names.sort();
                         next.extend(names.into_iter().map(|n| base.join(n)));
                     }
@@ -132,8 +172,14 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
             break;
         }
     }
-    current.retain(|p| p.exists());
-    current
+    for p in current {
+        match std::fs::metadata(&p) {
+            Ok(_) => out.paths.push(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => out.errors.push((p, e)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -176,5 +222,22 @@ mod tests {
             vec![d.path().join("s1/a.log"), d.path().join("s2/b.log")]
         );
         assert!(expand(&format!("{}/nope.log", d.path().display())).is_empty());
+        // A missing directory is an empty listing, not an error.
+        let missing = expand_checked(&format!("{}/nope/*.log", d.path().display()));
+        assert!(missing.paths.is_empty() && missing.errors.is_empty());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_is_an_error_not_an_empty_listing() {
+        // Root ignores permission bits, so the failure is made with a path component
+        // that is not a directory (ENOTDIR), which nobody can list.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("logs"), "not a directory").unwrap();
+        let x = expand_checked(&format!("{}/logs/*.log", d.path().display()));
+        assert!(x.paths.is_empty());
+        assert_eq!(x.errors.len(), 1, "{:?}", x.errors);
+        let x = expand_checked(&format!("{}/logs/app.log", d.path().display()));
+        assert!(x.paths.is_empty());
+        assert_eq!(x.errors.len(), 1, "{:?}", x.errors);
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! Main types, in pipeline order:
 //! - [`tailer::Tailer`]: discovers files (paths or globs) and follows them through
-//!   rotation (rename-and-create, copytruncate), deletion and restarts.
+//!   rotation (rename-and-create, copytruncate), deletion and restarts, with one file
+//!   descriptor per open file and at most `max_open_files` open (others parked); a
+//!   failed listing is never taken as a deletion.
 //! - [`parser::Parser`]: line → [`parser::Record`] (labels, structured metadata,
 //!   timestamp), reading only the configured fields; label values are bounded per field
 //!   by [`cardinality`].
 //! - [`batcher::Batcher`]: groups records by stream, sorts them by time, and tracks the
 //!   input positions each batch covers.
 //! - [`loki`]: protobuf types generated from the vendored `push.proto`, raw-snappy
-//!   encoder, HTTP client and health check.
+//!   encoder, HTTP client (with `Retry-After`), health check, and
+//!   [`loki::rejection`]: how many entries a Loki 400 rejected, read from its body.
 //! - [`retry`]: which answers are retried and how long to wait.
 //! - [`checkpoint::Checkpointer`]: the positions file, written atomically after Loki
 //!   accepted a batch.

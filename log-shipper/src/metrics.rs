@@ -61,6 +61,12 @@ pub struct Metrics {
     pub timestamps_replaced: Counter,
     pub parse_errors: Counter,
     pub label_values_capped: Family<LabelLabels, Counter>,
+    /// Entries of batches Loki answered 400 without saying how many it rejected.
+    pub rejected_count_unknown: Counter,
+    /// Retries whose delay came from Loki's `Retry-After`.
+    pub retry_after_honoured: Counter,
+    /// Updated by the tailer: discovery errors, open and followed files, reopens.
+    pub tailer: crate::tailer::TailerMetrics,
 }
 
 impl Metrics {
@@ -143,6 +149,36 @@ impl Metrics {
             "log_shipper_parse_errors",
             "Lines that were not a JSON object (shipped with parse_error=\"true\")",
             self.parse_errors.clone(),
+        );
+        r.register(
+            "log_shipper_entries_rejected_count_unknown",
+            "Entries of batches Loki answered 400 (partial success) without saying how many it rejected: some were stored, some not",
+            self.rejected_count_unknown.clone(),
+        );
+        r.register(
+            "log_shipper_retry_after_honoured",
+            "Retries (429/503) whose delay came from Loki's Retry-After header (capped at the longest backoff)",
+            self.retry_after_honoured.clone(),
+        );
+        r.register(
+            "log_shipper_discovery_errors",
+            "Directory listings or stats of input paths that failed (not \"not found\"); followed files are kept and the listing retried",
+            self.tailer.discovery_errors.clone(),
+        );
+        r.register(
+            "log_shipper_open_files",
+            "Input files open now (one file descriptor each, at most max_open_files)",
+            self.tailer.open_files.clone(),
+        );
+        r.register(
+            "log_shipper_followed_files",
+            "Input files followed now, open or parked",
+            self.tailer.followed_files.clone(),
+        );
+        r.register(
+            "log_shipper_file_reopens",
+            "Parked input files reopened by position",
+            self.tailer.reopens.clone(),
         );
         let build: Family<VersionLabels, Gauge> = Family::default();
         build
@@ -292,6 +328,12 @@ mod tests {
             "log_shipper_build_info{version=",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
+            "log_shipper_entries_rejected_count_unknown_total 0",
+            "log_shipper_retry_after_honoured_total 0",
+            "log_shipper_discovery_errors_total 0",
+            "log_shipper_open_files 0",
+            "log_shipper_followed_files 0",
+            "log_shipper_file_reopens_total 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -292,15 +292,26 @@ impl Parser {
     }
 
     /// Parses one line (without its newline). `read_time_ns` is used when the line has
-    /// no usable timestamp. `overflowed` says the reader already cut the line because it
-    /// exceeded its buffer; such a line is always treated as too long.
-    pub fn parse(&mut self, raw: &[u8], read_time_ns: i64, overflowed: bool) -> Parsed {
+    /// no usable timestamp. `original_len` is the line's real length in the input: when
+    /// it is larger than `raw.len()` the reader already cut the line (it exceeded the
+    /// read buffer); such a line is always treated as too long, its fields are read from
+    /// the part that was kept, and it is labelled a parse error only when that part is
+    /// not the beginning of a JSON object.
+    pub fn parse(&mut self, raw: &[u8], read_time_ns: i64, original_len: usize) -> Parsed {
+        let overflowed = original_len > raw.len();
+        let original_len = original_len.max(raw.len());
         let too_long = overflowed || raw.len() > self.cfg.max_line_bytes;
         if too_long && self.cfg.line_too_long == LineTooLong::Drop {
-            return Parsed::DroppedTooLong { len: raw.len() };
+            return Parsed::DroppedTooLong { len: original_len };
         }
         let mut values: Vec<Option<Cow<'_, str>>> = vec![None; self.fields.len()];
-        let parse_error = extract_fields(raw, &self.fields, &mut values).is_err();
+        let parse_error = match extract_fields(raw, &self.fields, &mut values) {
+            Ok(()) => false,
+            // A prefix of a JSON object ends in the middle of it: the fields before the
+            // cut were read; that is no evidence that the line was not JSON.
+            Err(e) if overflowed && e.is_eof() => false,
+            Err(_) => true,
+        };
 
         // Labels.
         let mut labels = String::with_capacity(96);
@@ -361,12 +372,7 @@ impl Parser {
         };
         let mut truncated = false;
         if too_long {
-            let original = if overflowed {
-                raw.len().max(self.cfg.max_line_bytes + 1)
-            } else {
-                raw.len()
-            };
-            let marker = truncation_marker(original);
+            let marker = truncation_marker(original_len);
             let keep = self.cfg.max_line_bytes.saturating_sub(marker.len());
             let cut = truncate_at_char_boundary(&line, keep).len();
             line.truncate(cut);
@@ -654,7 +660,7 @@ mod tests {
     }
 
     fn rec(p: &mut Parser, line: &str) -> Record {
-        match p.parse(line.as_bytes(), NOW, false) {
+        match p.parse(line.as_bytes(), NOW, line.len()) {
             Parsed::Record(r) => r,
             other => panic!("unexpected {other:?}"),
         }
@@ -786,15 +792,60 @@ mod tests {
         c.line_too_long = LineTooLong::Drop;
         let mut p = Parser::new(c).unwrap();
         assert_eq!(
-            p.parse(long.as_bytes(), NOW, false),
+            p.parse(long.as_bytes(), NOW, long.len()),
             Parsed::DroppedTooLong { len: long.len() }
+        );
+    }
+
+    #[test]
+    fn reader_cut_lines_keep_their_fields_and_true_length() {
+        // The reader keeps only the first bytes of a 10,485,761-byte line: the marker
+        // must carry the real length, and a JSON object cut in the middle keeps the
+        // fields that came before the cut (labels, timestamp): not a parse error.
+        let mut p = Parser::new(cfg()).unwrap();
+        let head = format!(
+            r#"{{"ts":"{}","event":"response","level":"info","pad":"xxxxxxxx"#,
+            "2026-01-01T00:00:00Z"
+        );
+        let ts_ns = parse_timestamp_ns("2026-01-01T00:00:00Z").unwrap();
+        let r = match p.parse(head.as_bytes(), ts_ns + 1, 10_485_761) {
+            Parsed::Record(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(r.truncated);
+        assert!(!r.parse_error, "{r:?}");
+        assert!(
+            r.line
+                .ends_with("…[log-shipper: truncated, original 10485761 bytes]"),
+            "{}",
+            r.line
+        );
+        assert_eq!(
+            r.labels,
+            r#"{app="llm-gateway",event="response",level="info"}"#
+        );
+        assert_eq!(r.ts_ns, ts_ns);
+        assert!(!r.ts_from_read_time);
+        // A cut line that is not the beginning of a JSON object is still a parse error.
+        let r = match p.parse(b"plain text that goes on", NOW, 10_485_761) {
+            Parsed::Record(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(r.parse_error && r.truncated);
+        // Dropping reports the real length too.
+        let mut c = cfg();
+        c.line_too_long = LineTooLong::Drop;
+        let mut p = Parser::new(c).unwrap();
+        assert_eq!(
+            p.parse(head.as_bytes(), NOW, 10_485_761),
+            Parsed::DroppedTooLong { len: 10_485_761 }
         );
     }
 
     #[test]
     fn invalid_utf8_is_replaced() {
         let mut p = Parser::new(cfg()).unwrap();
-        let r = match p.parse(b"abc\xffdef", NOW, false) {
+        let r = match p.parse(b"abc\xffdef", NOW, 7) {
             Parsed::Record(r) => r,
             other => panic!("{other:?}"),
         };

@@ -31,7 +31,7 @@ use crate::batcher::{Batch, Batcher, PosRef};
 use crate::checkpoint::{Checkpointer, FileId};
 use crate::config::{Config, read_secret};
 use crate::loki::client::{Auth, ClientConfig, LokiClient};
-use crate::loki::encoder;
+use crate::loki::{encoder, rejection};
 use crate::metrics::{self, SharedMetrics};
 use crate::parser::{Parsed, Parser};
 use crate::retry::{Decision, RetryPolicy, classify};
@@ -213,6 +213,14 @@ pub async fn run(
             .cloned()
             .collect();
         let use_stdin = cfg.inputs.iter().any(|i| i == "-");
+        let max_open = cfg.effective_max_open_files();
+        if max_open < cfg.max_open_files {
+            tracing::info!(
+                configured = cfg.max_open_files,
+                used = max_open,
+                "max_open_files lowered to fit the process's file descriptor limit"
+            );
+        }
         let tailer = (!files.is_empty()).then(|| {
             Tailer::new(
                 TailerConfig {
@@ -221,6 +229,8 @@ pub async fn run(
                     rotate_wait: Duration::from_millis(cfg.rotate_wait_ms),
                     max_line_buffer: cfg.max_line_bytes.max(MIN_LINE_BUFFER),
                     read_budget: 4 * 1024 * 1024,
+                    max_open_files: max_open,
+                    metrics: metrics.tailer.clone(),
                 },
                 saved,
             )
@@ -340,15 +350,17 @@ impl ReaderCtx {
         }
     }
 
+    /// One line; `line_len` is its real length (more than `line.len()` when the reader
+    /// cut it).
     fn handle_line(
         &mut self,
         line: &[u8],
-        overflowed: bool,
+        line_len: usize,
         pos: Option<PosRef<'_>>,
         source_bytes: u64,
     ) -> Result<(), Stop> {
         self.counts.lines += 1;
-        match self.parser.parse(line, self.read_ns, overflowed) {
+        match self.parser.parse(line, self.read_ns, line_len) {
             Parsed::Record(r) => {
                 self.counts.truncated += u64::from(r.truncated);
                 self.counts.parse_errors += u64::from(r.parse_error);
@@ -381,9 +393,10 @@ impl ReaderCtx {
 
 impl LineSink for ReaderCtx {
     fn line(&mut self, info: LineInfo<'_>) -> Result<(), Stop> {
+        let line_len = usize::try_from(info.line_len).unwrap_or(usize::MAX);
         self.handle_line(
             info.line,
-            info.overflowed,
+            line_len.max(info.line.len()),
             Some(info.pos),
             info.source_bytes,
         )
@@ -392,13 +405,18 @@ impl LineSink for ReaderCtx {
         self.batcher.forget(id, self.now);
         Ok(())
     }
+    fn resumed(&mut self, pos: PosRef<'_>) -> Result<(), Stop> {
+        self.batcher.skip(Some(pos), 0, self.read_ns, self.now);
+        Ok(())
+    }
 }
 
 /// Standard input, split into lines on the reader thread.
 struct StdinSource {
     rx: std::sync::mpsc::Receiver<Option<Vec<u8>>>,
     partial: Vec<u8>,
-    overflow: bool,
+    /// Real length of the incomplete line (`partial` keeps at most `cap` bytes of it).
+    partial_len: usize,
     done: bool,
     cap: usize,
 }
@@ -435,7 +453,7 @@ impl StdinSource {
         Self {
             rx,
             partial: Vec::new(),
-            overflow: false,
+            partial_len: 0,
             done: false,
             cap,
         }
@@ -445,48 +463,37 @@ impl StdinSource {
     fn process(&mut self, msg: Option<Vec<u8>>, ctx: &mut ReaderCtx) -> Result<usize, Stop> {
         let Some(chunk) = msg else {
             self.done = true;
-            if !self.partial.is_empty() || self.overflow {
+            if self.partial_len > 0 {
                 let line = std::mem::take(&mut self.partial);
-                let n = line.len() as u64;
-                ctx.handle_line(&line, self.overflow, None, n)?;
-                self.overflow = false;
+                let n = std::mem::take(&mut self.partial_len);
+                ctx.handle_line(&line, n, None, n as u64)?;
             }
             return Ok(0);
         };
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', &chunk) {
             let seg = &chunk[start..nl];
-            if self.partial.is_empty() && !self.overflow {
-                let overflowed = seg.len() > self.cap;
-                ctx.handle_line(
-                    if overflowed { &seg[..self.cap] } else { seg },
-                    overflowed,
-                    None,
-                    seg.len() as u64 + 1,
-                )?;
+            if self.partial_len == 0 {
+                let keep = seg.len().min(self.cap);
+                ctx.handle_line(&seg[..keep], seg.len(), None, seg.len() as u64 + 1)?;
             } else {
-                let room = self.cap.saturating_sub(self.partial.len());
-                if seg.len() > room {
-                    self.partial.extend_from_slice(&seg[..room]);
-                    self.overflow = true;
-                } else {
-                    self.partial.extend_from_slice(seg);
-                }
+                self.append(seg);
                 let line = std::mem::take(&mut self.partial);
-                ctx.handle_line(&line, self.overflow, None, line.len() as u64 + 1)?;
-                self.overflow = false;
+                let n = std::mem::take(&mut self.partial_len);
+                ctx.handle_line(&line, n, None, n as u64 + 1)?;
             }
             start = nl + 1;
         }
-        let rest = &chunk[start..];
-        let room = self.cap.saturating_sub(self.partial.len());
-        if rest.len() > room {
-            self.partial.extend_from_slice(&rest[..room]);
-            self.overflow = true;
-        } else {
-            self.partial.extend_from_slice(rest);
-        }
+        self.append(&chunk[start..]);
         Ok(chunk.len())
+    }
+
+    /// Adds to the incomplete line, keeping at most `cap` bytes (and counting all).
+    fn append(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&data[..data.len().min(room)]);
+        self.partial_len += data.len();
     }
 }
 
@@ -720,16 +727,36 @@ impl Sender {
                         }
                         break;
                     }
-                    Decision::Reject | Decision::Split => {
-                        let ignored = ignored_count(&res.message).map_or(n, |k| k.min(n));
+                    Decision::Split => {
+                        // One entry too large for Loki or a proxy: it was not stored.
                         self.metrics.batch(metrics::OUTCOME_REJECTED);
                         self.metrics
-                            .drop_entries(metrics::REASON_REJECTED, ignored as u64);
-                        self.metrics.entries_sent.inc_by((n - ignored) as u64);
+                            .drop_entries(metrics::REASON_REJECTED, n as u64);
                         tracing::error!(
                             status = res.status,
                             entries = n,
-                            dropped = ignored,
+                            reason = %res.message,
+                            "Loki answered 413 for a single entry; dropping it"
+                        );
+                        break;
+                    }
+                    Decision::Reject => {
+                        let r = rejection::rejected_entries(&res.message, n, req.streams.len());
+                        let stored = r.stored(n);
+                        self.metrics.batch(metrics::OUTCOME_REJECTED);
+                        self.metrics
+                            .drop_entries(metrics::REASON_REJECTED, r.rejected as u64);
+                        self.metrics.rejected_count_unknown.inc_by(r.unknown as u64);
+                        self.metrics.entries_sent.inc_by(stored as u64);
+                        if stored > 0 {
+                            self.metrics.last_success.set(unix_ns() as f64 / 1e9);
+                        }
+                        tracing::error!(
+                            status = res.status,
+                            entries = n,
+                            rejected = r.rejected,
+                            unknown = r.unknown,
+                            stored,
                             reason = %res.message,
                             "Loki rejected entries (400 is a partial success: valid entries were stored); not retrying"
                         );
@@ -738,8 +765,16 @@ impl Sender {
                     Decision::Retry => {
                         self.metrics.batch(metrics::OUTCOME_RETRYABLE);
                         self.metrics.retries.inc();
-                        let d = self.policy.delay(attempt, &mut self.rng);
-                        tracing::warn!(status = res.status, error = %res.message, attempt = attempt + 1, delay_ms = d.as_millis() as u64, "push failed; retrying");
+                        let d = match res.retry_after {
+                            // Loki (or a proxy) said when to come back: not earlier,
+                            // and never later than the longest backoff.
+                            Some(ra) if matches!(res.status, Some(429 | 503)) => {
+                                self.metrics.retry_after_honoured.inc();
+                                ra.min(self.policy.max)
+                            }
+                            _ => self.policy.delay(attempt, &mut self.rng),
+                        };
+                        tracing::warn!(status = res.status, error = %res.message, attempt = attempt + 1, delay_ms = d.as_millis() as u64, retry_after_ms = res.retry_after.map(|r| r.as_millis() as u64), "push failed; retrying");
                         self.sleep(d).await?;
                         attempt = attempt.saturating_add(1);
                     }
@@ -755,27 +790,5 @@ impl Sender {
             }
         }
         Ok(())
-    }
-}
-
-/// Reads "total ignored: N out of M" from a Loki 400 message.
-pub fn ignored_count(msg: &str) -> Option<usize> {
-    let idx = msg.find("total ignored: ")?;
-    let rest = &msg[idx + "total ignored: ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ignored_count() {
-        assert_eq!(
-            ignored_count("entry too far behind, ... total ignored: 3 out of 10"),
-            Some(3)
-        );
-        assert_eq!(ignored_count("bad request"), None);
     }
 }

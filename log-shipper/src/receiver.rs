@@ -6,7 +6,11 @@
 //! or JSON; validation of label syntax and limits, line size, timestamps too old or too
 //! far in the future, and structured-metadata limits. Like Loki it answers 204 when
 //! everything was accepted, and 400 as a *partial success* (valid entries are stored,
-//! invalid ones are not; the message ends with `total ignored: N out of M`).
+//! invalid ones are not) with **Loki 3.4's exact body** (see [`loki_400_body`]): the
+//! validation messages of grafana/loki `pkg/validation/validate.go` grouped the way
+//! `util.GroupedErrors` groups them, which carries no "total ignored" count. The
+//! stream labels in those messages include the `service_name` Loki 3.x discovers
+//! (see [`with_service_name`]); entries are recorded with the labels as pushed.
 //!
 //! Every accepted entry is recorded as one JSON line
 //! `{"labels":{..},"ts_ns":"..","line":"..","structured_metadata":{..}}` (to the
@@ -15,10 +19,11 @@
 //!
 //! Fault injection through `POST /control` (JSON, fields optional):
 //! - `{"mode":"ok"}`: normal behaviour (clears the other modes);
-//! - `{"mode":"fail","status":503,"count":N}`: answer the next N pushes (all pushes if
-//!   `count` is absent) with `status` (default 503), storing nothing;
+//! - `{"mode":"fail","status":503,"count":N,"retry_after":"5"}`: answer the next N
+//!   pushes (all pushes if `count` is absent) with `status` (default 503), storing
+//!   nothing; `retry_after` (optional) is sent as the `Retry-After` header;
 //! - `{"mode":"reject","count":N}`: answer the next N pushes with 400, every entry
-//!   ignored;
+//!   ignored, in the older ingester wording that ends with `total ignored: N out of M`;
 //! - `{"delay_ms":M}`: delay every push answer by M ms (slow Loki; combine with a mode).
 //!
 //! `GET /stats` returns counters as JSON; `GET /ready` answers 200 `ready`.
@@ -101,6 +106,9 @@ pub struct Control {
     /// Delay before every push answer, in milliseconds.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// `Retry-After` header value sent with injected failures.
+    #[serde(default)]
+    pub retry_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,6 +117,7 @@ struct Fault {
     status: u16,
     remaining: Option<u64>,
     delay_ms: u64,
+    retry_after: Option<String>,
 }
 
 /// Counters served by `GET /stats`.
@@ -184,6 +193,7 @@ impl ReceiverState {
                     f.mode = mode.clone();
                     f.status = c.status.unwrap_or(if mode == "fail" { 503 } else { 400 });
                     f.remaining = c.count;
+                    f.retry_after.clone_from(&c.retry_after);
                 }
                 other => return Err(format!("unknown mode {other:?} (ok, fail, reject)")),
             }
@@ -331,47 +341,139 @@ fn from_json(body: &[u8]) -> Result<PushRequest, String> {
     Ok(req)
 }
 
-/// Validates a stream's labels like Loki; returns them parsed or the discard reason.
+/// A label set the way Prometheus' `labels.Labels.String()` prints it (Loki's
+/// validation messages use it): `{a="b", c="d"}`, names sorted, values quoted like Go's
+/// `strconv.Quote`.
+pub fn prometheus_labels_string(pairs: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sorted.sort();
+    let mut out = String::from("{");
+    for (i, (n, v)) in sorted.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(n);
+        out.push('=');
+        go_quote_into(&mut out, v);
+    }
+    out.push('}');
+    out
+}
+
+fn go_quote_into(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Loki's default `discover_service_name` list (`pkg/validation/limits.go`): the first
+/// of these labels with a value becomes `service_name`.
+const DISCOVER_SERVICE_NAME: &[&str] = &[
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+];
+
+/// The labels Loki 3.x validates and names in its messages: the pushed ones plus a
+/// discovered `service_name` (`pkg/loghttp/push/push.go`, `ParseLokiRequest`, sets
+/// `s.Labels` with it; `unknown_service` when no listed label has a value). The
+/// receiver records entries with the labels as pushed.
+pub fn with_service_name(pairs: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = pairs.to_vec();
+    if !pairs.iter().any(|(n, _)| n == "service_name") {
+        let v = DISCOVER_SERVICE_NAME
+            .iter()
+            .find_map(|want| {
+                pairs
+                    .iter()
+                    .find(|(n, v)| n == want && !v.is_empty())
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| "unknown_service".to_string());
+        out.push(("service_name".to_string(), v));
+    }
+    out
+}
+
+/// Go's `time.Time.Format(time.RFC3339)` for a UTC time: whole seconds, `Z`.
+pub fn rfc3339_seconds(ts_ns: i64) -> String {
+    let secs = ts_ns.div_euclid(1_000_000_000);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Validates a stream's labels like Loki; returns them parsed or the discard reason
+/// (Loki 3.4's wording: `pkg/validation/validate.go` and the distributor's
+/// `parseStreamLabels`; `raw` is the label string as sent).
 pub fn validate_labels(
     cfg: &ReceiverConfig,
     labels: &str,
 ) -> Result<Vec<(String, String)>, String> {
     let pairs = encoder::parse_labels(labels)
-        .map_err(|e| format!("invalid_labels: error parsing labels {labels:?}: {e}"))?;
+        .map_err(|e| format!("Error parsing labels '{labels}' with error: {e}"))?;
     if pairs.is_empty() {
-        return Err("missing_labels: error at least one label pair is required per stream".into());
+        return Err("error at least one label pair is required per stream".into());
     }
-    if pairs.len() > cfg.max_labels {
-        return Err(format!(
-            "max_label_names_per_series: stream {labels} has {} label names; limit {}",
-            pairs.len(),
-            cfg.max_labels
-        ));
-    }
-    let mut names: Vec<&str> = Vec::new();
-    for (n, v) in &pairs {
+    for (n, _) in &pairs {
         let mut ch = n.chars();
         let ok = matches!(ch.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
             && ch.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            return Err(format!("invalid_labels: invalid label name {n:?}"));
-        }
-        if n.len() > cfg.max_label_name {
             return Err(format!(
-                "label_name_too_long: stream {labels} label name {n} is too long"
+                "Error parsing labels '{labels}' with error: invalid label name {n:?}"
             ));
+        }
+    }
+    if pairs.len() > cfg.max_labels {
+        return Err(format!(
+            "entry for stream '{labels}' has {} label names; limit {}",
+            pairs.len(),
+            cfg.max_labels
+        ));
+    }
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last = "";
+    for (n, v) in sorted {
+        if n.len() > cfg.max_label_name {
+            return Err(format!("stream '{labels}' has label name too long: '{n}'"));
         }
         if v.len() > cfg.max_label_value {
-            return Err(format!(
-                "label_value_too_long: stream {labels} label value is too long"
-            ));
+            return Err(format!("stream '{labels}' has label value too long: '{v}'"));
         }
-        if names.contains(&n.as_str()) {
-            return Err(format!(
-                "duplicate_label_names: stream {labels} has duplicate label name {n}"
-            ));
+        if n == last {
+            return Err(format!("stream '{labels}' has duplicate label name: '{n}'"));
         }
-        names.push(n);
+        last = n;
     }
     Ok(pairs)
 }
@@ -384,38 +486,98 @@ fn entry_ts_ns(e: &EntryAdapter) -> i64 {
     })
 }
 
-/// Validates one entry like Loki; `Err` holds the discard reason.
-pub fn validate_entry(cfg: &ReceiverConfig, e: &EntryAdapter, now: i64) -> Result<(), String> {
+/// Validates one entry like Loki 3.4's `Validator.ValidateEntry`
+/// (`pkg/distributor/validator.go`: too old, too new, line too long, structured
+/// metadata, in that order); `Err` holds Loki's message. `stream` is the stream's
+/// labels as [`prometheus_labels_string`] prints them.
+pub fn validate_entry(
+    cfg: &ReceiverConfig,
+    stream: &str,
+    e: &EntryAdapter,
+    now: i64,
+) -> Result<(), String> {
     let ts = entry_ts_ns(e);
-    if e.line.len() > cfg.max_line_bytes {
+    let oldest = now - cfg.max_age.as_nanos() as i64;
+    if ts < oldest {
         return Err(format!(
-            "line_too_long: max entry size '{}' bytes exceeded, entry size '{}' bytes",
-            cfg.max_line_bytes,
-            e.line.len()
-        ));
-    }
-    if ts < now - cfg.max_age.as_nanos() as i64 {
-        return Err(format!(
-            "greater_than_max_sample_age: entry has timestamp too old: {ts}"
+            "entry for stream '{stream}' has timestamp too old: {}, oldest acceptable timestamp is: {}",
+            rfc3339_seconds(ts),
+            rfc3339_seconds(oldest)
         ));
     }
     if ts > now + cfg.creation_grace.as_nanos() as i64 {
         return Err(format!(
-            "too_far_in_future: entry has timestamp too new: {ts}"
+            "entry for stream '{stream}' has timestamp too new: {}",
+            rfc3339_seconds(ts)
         ));
     }
-    if e.structured_metadata.len() > cfg.max_metadata_entries {
-        return Err("structured_metadata_too_many: too many structured metadata entries".into());
+    if e.line.len() > cfg.max_line_bytes {
+        return Err(format!(
+            "Max entry size '{}' bytes exceeded for stream '{stream}' while adding an entry with length '{}' bytes",
+            cfg.max_line_bytes,
+            e.line.len()
+        ));
     }
-    let sm: usize = e
-        .structured_metadata
-        .iter()
-        .map(|p| p.name.len() + p.value.len())
-        .sum();
-    if sm > cfg.max_metadata_bytes {
-        return Err("structured_metadata_too_large: structured metadata too large".into());
+    if !e.structured_metadata.is_empty() {
+        let sm: usize = e
+            .structured_metadata
+            .iter()
+            .map(|p| p.name.len() + p.value.len())
+            .sum();
+        if sm > cfg.max_metadata_bytes {
+            return Err(format!(
+                "stream '{stream}' has structured metadata too large: '{sm}' bytes, limit: '{}' bytes. Please see `limits_config.max_structured_metadata_size` or contact your Loki administrator to increase it.",
+                cfg.max_metadata_bytes
+            ));
+        }
+        if e.structured_metadata.len() > cfg.max_metadata_entries {
+            return Err(format!(
+                "stream '{stream}' has too many structured metadata labels: '{}', limit: '{}'. Please see `limits_config.max_structured_metadata_entries_count` or contact your Loki administrator to increase it.",
+                e.structured_metadata.len(),
+                cfg.max_metadata_entries
+            ));
+        }
     }
     Ok(())
+}
+
+/// The body of Loki 3.4's 400 for a push with invalid entries, from the list of
+/// validation errors (one per rejected entry, one per rejected stream).
+///
+/// Where the format comes from (grafana/loki, release 3.4):
+/// - `pkg/distributor/distributor.go`, `Distributor.Push`: every failed
+///   `parseStreamLabels` / `ValidateEntry` does `validationErrors.Add(err)` on a
+///   `util.GroupedErrors`; the answer is
+///   `httpgrpc.Errorf(http.StatusBadRequest, "%s", validationErrors.Error())`.
+/// - `pkg/util/errors.go`, `GroupedErrors.Error()`: counts identical messages, joins
+///   the distinct ones with `"; "`, and writes `"%d errors like: "` before each when
+///   there is more than one distinct message or the message occurred more than once
+///   (Go map order, so the order of the groups varies; here: first seen first).
+/// - `pkg/distributor/http.go` writes the text with `http.Error`, which appends `"\n"`
+///   (`Content-Type: text/plain; charset=utf-8`, `X-Content-Type-Options: nosniff`).
+///
+/// Nothing in it says "total ignored": that wording is the ingester's (older format).
+pub fn loki_400_body(errors: &[String]) -> String {
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for e in errors {
+        match groups.iter_mut().find(|(m, _)| *m == e.as_str()) {
+            Some(g) => g.1 += 1,
+            None => groups.push((e.as_str(), 1)),
+        }
+    }
+    let unique = groups.len();
+    let mut out = String::new();
+    for (i, (msg, n)) in groups.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        if unique > 1 || n > 1 {
+            out.push_str(&format!("{n} errors like: "));
+        }
+        out.push_str(msg);
+    }
+    out.push('\n');
+    out
 }
 
 #[derive(Serialize)]
@@ -432,12 +594,13 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
         s.body_bytes += body.len() as u64;
     });
     // Fault injection.
-    let (mode, status, delay) = {
+    let (mode, status, delay, retry_after) = {
         let Ok(mut f) = st.fault.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
         let mode = f.mode.clone();
         let status = f.status;
+        let retry_after = f.retry_after.clone();
         if !mode.is_empty()
             && let Some(r) = f.remaining.as_mut()
         {
@@ -449,7 +612,7 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
                 };
             }
         }
-        (mode, status, f.delay_ms)
+        (mode, status, f.delay_ms, retry_after)
     };
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -457,7 +620,11 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
     if mode == "fail" {
         st.bump(|s| s.failed_requests += 1);
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return (code, "injected failure\n").into_response();
+        let mut resp = (code, "injected failure\n").into_response();
+        if let Some(v) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
     }
 
     let ctype = headers
@@ -508,6 +675,9 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
     let mut accepted_bytes = 0u64;
     let mut out = Vec::new();
     for s in &req.streams {
+        if s.entries.is_empty() {
+            continue;
+        }
         let pairs = match validate_labels(&st.cfg, &s.labels) {
             Ok(p) => p,
             Err(e) => {
@@ -516,12 +686,11 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
                 continue;
             }
         };
+        let stream = prometheus_labels_string(&with_service_name(&pairs));
         for e in &s.entries {
-            if let Err(reason) = validate_entry(&st.cfg, e, now) {
+            if let Err(reason) = validate_entry(&st.cfg, &stream, e, now) {
                 ignored += 1;
-                if errors.len() < 10 {
-                    errors.push(format!("stream {}: {reason}", s.labels));
-                }
+                errors.push(reason);
                 continue;
             }
             accepted += 1;
@@ -570,11 +739,15 @@ async fn push(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: By
     if ignored == 0 {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        let msg = format!(
-            "{}\ntotal ignored: {ignored} out of {total}\n",
-            errors.join("\n")
-        );
-        (StatusCode::BAD_REQUEST, msg).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            loki_400_body(&errors),
+        )
+            .into_response()
     }
 }
 
@@ -619,13 +792,13 @@ mod tests {
         assert!(
             validate_labels(&c, &many)
                 .unwrap_err()
-                .starts_with("max_label_names_per_series")
+                .contains("label names; limit 15")
         );
         let long = format!("{{a=\"{}\"}}", "v".repeat(2049));
         assert!(
             validate_labels(&c, &long)
                 .unwrap_err()
-                .starts_with("label_value_too_long")
+                .contains("has label value too long")
         );
     }
 
@@ -636,21 +809,20 @@ mod tests {
             ..Default::default()
         };
         let now = 1_800_000_000_000_000_000;
-        assert!(validate_entry(&c, &entry(now, "ok"), now).is_ok());
-        assert!(
-            validate_entry(&c, &entry(now, "01234567890"), now)
-                .unwrap_err()
-                .starts_with("line_too_long")
+        let st = r#"{app="x"}"#;
+        assert!(validate_entry(&c, st, &entry(now, "ok"), now).is_ok());
+        assert_eq!(
+            validate_entry(&c, st, &entry(now, "01234567890"), now).unwrap_err(),
+            r#"Max entry size '10' bytes exceeded for stream '{app="x"}' while adding an entry with length '11' bytes"#
         );
-        assert!(
-            validate_entry(&c, &entry(now - 8 * 86_400 * 1_000_000_000, "x"), now)
-                .unwrap_err()
-                .starts_with("greater_than_max_sample_age")
+        // 1_800_000_000 s = 2027-01-15T08:00:00Z
+        assert_eq!(
+            validate_entry(&c, st, &entry(now - 8 * 86_400 * 1_000_000_000, "x"), now).unwrap_err(),
+            r#"entry for stream '{app="x"}' has timestamp too old: 2027-01-07T08:00:00Z, oldest acceptable timestamp is: 2027-01-08T08:00:00Z"#
         );
-        assert!(
-            validate_entry(&c, &entry(now + 11 * 60 * 1_000_000_000, "x"), now)
-                .unwrap_err()
-                .starts_with("too_far_in_future")
+        assert_eq!(
+            validate_entry(&c, st, &entry(now + 11 * 60 * 1_000_000_000, "x"), now).unwrap_err(),
+            r#"entry for stream '{app="x"}' has timestamp too new: 2027-01-15T08:11:00Z"#
         );
         let mut e = entry(now, "x");
         e.structured_metadata = vec![LabelPairAdapter {
@@ -658,10 +830,63 @@ mod tests {
             value: "b".repeat(70_000),
         }];
         assert!(
-            validate_entry(&c, &e, now)
+            validate_entry(&c, st, &e, now)
                 .unwrap_err()
-                .starts_with("structured_metadata_too_large")
+                .contains("has structured metadata too large: '70001' bytes, limit: '65536' bytes")
         );
+    }
+
+    #[test]
+    fn loki_3_4_400_bodies() {
+        let old = |s: &str| {
+            format!(
+                "entry for stream '{{app=\"x\", level=\"info\"}}' has timestamp too old: {s}, oldest acceptable timestamp is: 2027-01-08T08:00:00Z"
+            )
+        };
+        // One error alone: bare.
+        assert_eq!(
+            loki_400_body(&[old("2027-01-01T00:00:00Z")]),
+            format!("{}\n", old("2027-01-01T00:00:00Z"))
+        );
+        // The same error 100 times: "100 errors like: ".
+        let same = vec![old("2027-01-01T00:00:00Z"); 100];
+        assert_eq!(
+            loki_400_body(&same),
+            format!("100 errors like: {}\n", old("2027-01-01T00:00:00Z"))
+        );
+        // Distinct errors: every group counted, joined with "; ".
+        let mixed = vec![
+            old("2027-01-01T00:00:00Z"),
+            old("2027-01-01T00:00:01Z"),
+            old("2027-01-01T00:00:00Z"),
+        ];
+        assert_eq!(
+            loki_400_body(&mixed),
+            format!(
+                "2 errors like: {}; 1 errors like: {}\n",
+                old("2027-01-01T00:00:00Z"),
+                old("2027-01-01T00:00:01Z")
+            )
+        );
+        assert!(!loki_400_body(&mixed).contains("total ignored"));
+        assert_eq!(
+            prometheus_labels_string(&with_service_name(&[
+                ("app".into(), "llm-gateway".into()),
+                ("level".into(), "info".into())
+            ])),
+            r#"{app="llm-gateway", level="info", service_name="llm-gateway"}"#
+        );
+        assert_eq!(
+            prometheus_labels_string(&with_service_name(&[("x".into(), "1".into())])),
+            r#"{service_name="unknown_service", x="1"}"#
+        );
+        assert_eq!(
+            prometheus_labels_string(&[("z".into(), "a\"b\\".into()), ("a".into(), "1".into())]),
+            r#"{a="1", z="a\"b\\"}"#
+        );
+        // And the shipper reads these bodies back exactly.
+        let r = crate::loki::rejection::rejected_entries(&loki_400_body(&mixed), 10, 1);
+        assert_eq!((r.rejected, r.unknown), (3, 0));
     }
 
     #[test]
@@ -679,6 +904,7 @@ mod tests {
             status: Some(429),
             count: Some(2),
             delay_ms: Some(5),
+            retry_after: None,
         })
         .unwrap();
         let f = st.fault.lock().unwrap().clone();

@@ -52,6 +52,19 @@ pub struct PushResult {
     pub status: Option<u16>,
     /// Response body or transport error text (shortened).
     pub message: String,
+    /// The `Retry-After` header (delay-seconds or an HTTP date), as a delay from now.
+    pub retry_after: Option<Duration>,
+}
+
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): a number of seconds, or an HTTP
+/// date (a date in the past means "now").
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The Loki push client.
@@ -113,10 +126,16 @@ impl LokiClient {
         match self.decorate(rb).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
                 let message = resp.text().await.unwrap_or_default();
                 PushResult {
                     status: Some(status),
                     message: shorten(message),
+                    retry_after,
                 }
             }
             Err(e) => {
@@ -130,6 +149,7 @@ impl LokiClient {
                 PushResult {
                     status: None,
                     message: shorten(msg),
+                    retry_after: None,
                 }
             }
         }
@@ -141,6 +161,37 @@ impl LokiClient {
         match self.decorate(rb).send().await {
             Ok(r) => Ok(r.status().as_u16()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("5", Some(Duration::from_secs(5))),
+            (" 120 ", Some(Duration::from_secs(120))),
+            ("0", Some(Duration::ZERO)),
+            (
+                "Sun, 06 Nov 1994 08:49:47 GMT",
+                Some(Duration::from_secs(10)),
+            ),
+            (
+                "Sunday, 06-Nov-94 08:49:57 GMT",
+                Some(Duration::from_secs(20)),
+            ),
+            ("Sun Nov  6 08:50:37 1994", Some(Duration::from_secs(60))),
+            ("Sun, 06 Nov 1994 08:00:00 GMT", Some(Duration::ZERO)),
+            ("-3", None),
+            ("soon", None),
+            ("", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_retry_after(v, now), *want, "{v:?}");
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod encoder;
 pub mod healthcheck;
+pub mod rejection;
 
 /// Generated `logproto` types (`PushRequest`, `StreamAdapter`, `EntryAdapter`, ...).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -248,7 +248,12 @@ pub fn req_id(i: usize) -> String {
 
 /// A gateway-like event line (with newline).
 pub fn event_line(i: usize, pad: usize) -> String {
-    let ts = time::OffsetDateTime::now_utc()
+    event_line_at(i, pad, time::OffsetDateTime::now_utc())
+}
+
+/// A gateway-like event line with the given event time.
+pub fn event_line_at(i: usize, pad: usize, at: time::OffsetDateTime) -> String {
+    let ts = at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     format!(
@@ -274,7 +279,25 @@ pub fn append_lines(path: &Path, range: std::ops::Range<usize>, pad: usize) {
 
 /// Starts the shipper with the common test settings plus `extra` args.
 pub fn start_shipper(rx: &Receiver, dir: &Path, input: &str, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_log-shipper"));
+    start_shipper_wrapped(rx, dir, input, extra, &[])
+}
+
+/// Like [`start_shipper`], run through `wrapper` (e.g. `prlimit --nofile=256 --`).
+pub fn start_shipper_wrapped(
+    rx: &Receiver,
+    dir: &Path,
+    input: &str,
+    extra: &[&str],
+    wrapper: &[&str],
+) -> (Proc, String) {
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(env!("CARGO_BIN_EXE_log-shipper"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_log-shipper")),
+    };
     cmd.args(["--loki-url", &rx.url(), "--input", input, "--positions"])
         .arg(dir.join("positions.json"))
         .args(["--metrics-listen", "127.0.0.1:0"]);
@@ -299,6 +322,22 @@ pub fn start_shipper(rx: &Receiver, dir: &Path, input: &str, extra: &[&str]) -> 
     let p = Proc::spawn("log-shipper", cmd);
     let addr = p.wait_for_stderr("metrics listening on ", Duration::from_secs(20));
     (p, addr)
+}
+
+/// Lines delivered more than once (sum of extra copies).
+pub fn duplicates(counts: &HashMap<String, u32>) -> u64 {
+    counts
+        .values()
+        .map(|&c| u64::from(c.saturating_sub(1)))
+        .sum()
+}
+
+/// Whether a program is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
