@@ -38,11 +38,12 @@ use gateway::proxy::AppState;
 use gateway::upstream::Upstreams;
 use gateway::{refusal, routes, server};
 
-/// mimalloc returns freed memory to the OS: after a storm of connections the
-/// RSS falls back instead of staying at its peak as with glibc's malloc
-/// (bench/connections.py measures it).
+/// jemalloc, as long-running Rust servers commonly use: after storms of
+/// thousands of connections its RSS levels off, where glibc's malloc keeps
+/// growing from storm to storm (bench/connections.py, results in
+/// docs/benchmarks.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Models served by the `--demo` simulator, with demo prices.
 const DEMO_MODELS: [(&str, f64, f64); 2] = [

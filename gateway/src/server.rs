@@ -291,6 +291,26 @@ impl Shared {
 
     async fn connection(self: &Arc<Self>, tcp: TcpStream) {
         let st = Arc::new(ConnState::new());
+        // A connection that has sent nothing costs no HTTP state until its
+        // first byte (hyper allocates its read buffer on the first read), so
+        // a flood of silent connections stays cheap.
+        loop {
+            let (header_timeout, _) = self.timeouts();
+            tokio::select! {
+                r = tcp.readable() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(st.base + header_timeout) => {
+                    self.metrics.connection_timed_out("header");
+                    return;
+                }
+                _ = self.pressure_changed.notified() => {}
+                _ = self.ctl.close_idle.cancelled() => return,
+            }
+        }
         let io = TokioIo::new(Watched {
             io: tcp,
             st: st.clone(),
