@@ -1,8 +1,8 @@
 //! Traffic scenarios against any OpenAI-compatible server (the gateway, vLLM, vllm-sim).
 //!
-//! - closed-loop scenarios (`latency-spike`, `kv-cache`, `refusal-storm`, `error-storm`,
-//!   `engine-death`): `concurrency` workers each send one request after another;
-//! - open-loop `steady`: requests are scheduled at a fixed rate whatever the answers, and
+//! - closed-loop scenarios (`latency-spike`, `kv-cache`, `refusal-storm`, `error-storm`):
+//!   `concurrency` workers each send one request after another;
+//! - open-loop `steady` and `engine-death` (its first request kills the engine): requests are scheduled at a fixed rate whatever the answers, and
 //!   latency is measured from the *scheduled* time, so a slow server cannot hide its
 //!   queueing (no coordinated omission). Each scheduled time gets a random offset below
 //!   1 ms, so millisecond timer ticks do not phase-lock with the schedule.
@@ -137,10 +137,10 @@ impl Scenario {
                 share: 0.5,
             },
             Scenario::EngineDeath => Defaults {
-                concurrency: 2,
+                concurrency: 16,
                 duration_secs: 60,
                 requests: None,
-                rate: None,
+                rate: Some(2.0),
                 max_tokens: 64,
                 prompt_tokens: 50,
                 share: 0.0,
@@ -149,7 +149,9 @@ impl Scenario {
     }
 
     fn open_loop(self) -> bool {
-        self == Scenario::Steady
+        // engine-death is open loop: a dead engine answers at once, a closed loop would
+        // spin as fast as the machine allows.
+        matches!(self, Scenario::Steady | Scenario::EngineDeath)
     }
 }
 
