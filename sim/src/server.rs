@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -212,26 +212,15 @@ async fn auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-/// Route templates of [`router`] (none has a path parameter, so a path is its template).
-const ROUTES: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/models",
-    "/health",
-    "/metrics",
-    "/version",
-];
-
 /// `http_requests_total` like prometheus-fastapi-instrumentator: the route template as
-/// `handler` (`none` when no route matched), the method, the grouped status of the response
-/// head (a stream that fails after its 200 head counts as 2xx, as in vLLM).
+/// `handler` (`none` when no route matched, the instrumentator's `should_group_untemplated`),
+/// the method, the grouped status of the response head (a stream that fails after its 200
+/// head counts as 2xx, as in vLLM).
 async fn instrument(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let handler = ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .map_or_else(|| "none".to_owned(), |r| (*r).to_owned());
+    let handler = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "none".to_owned(), |m| m.as_str().to_owned());
     let method = match *req.method() {
         axum::http::Method::GET => "GET",
         axum::http::Method::POST => "POST",

@@ -251,6 +251,18 @@ async fn metrics_names_types_labels_buckets() {
     );
     // vLLM excludes /metrics and /health from the instrumentator.
     assert!(!page.contains("handler=\"/metrics\""));
+    // An unknown path is counted under handler "none" (never the raw path).
+    let (s, _, _) = get(&c, &sim.url("/no/such/route")).await;
+    assert_eq!(s, 404);
+    let page2 = scrape(&c, &sim).await;
+    assert_eq!(
+        metric(
+            &page2,
+            "http_requests_total{handler=\"none\",method=\"GET\",status=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(!page2.contains("/no/such/route"));
     // A request-level engine error (vLLM's GenerationError, "Internal server error") counts
     // as finished_reason="error".
     let (s, _, _) = post(
