@@ -547,6 +547,13 @@ T_TRITON_QUEUE = 1.0  # TritonQueueSaturation: avg queue wait (s), warning
 T_GPU_UTIL = 90.0  # GpuUtilizationHigh: DCGM percent
 T_GPU_MEM_WARN = 0.85  # GpuMemoryHigh
 T_GPU_MEM_CRIT = 0.95  # GpuMemoryCritical
+T_GPU_TEMP = 85.0  # GpuTemperatureHigh: degrees Celsius
+T_VLLM_QUEUE_P95 = 2.0  # VllmP95QueueTimeHigh: seconds
+T_VLLM_ITL_P95 = 0.2  # VllmP95InterTokenLatencyHigh: seconds
+T_VLLM_TRUNCATED = 0.2  # VllmTruncationRateHigh: finished_reason="length" share
+T_VLLM_DEFERRED = 5.0  # VllmRequestsDeferredHigh: deferred waiting requests per model
+T_VLLM_HTTP_5XX = 0.05  # VllmHttp5xxRateHigh: 5xx share of a server's generation requests
+T_GW_UPSTREAM_ERRORS = 0.05  # GatewayUpstreamErrorsHigh: failures / s per pool and kind
 T_GW_ERR_WARN = 0.05  # GatewayErrorRateHigh: (5xx + mid-stream errors) share
 T_GW_ERR_CRIT = 0.10  # GatewayErrorRateCritical
 T_GW_P95 = 8.0  # GatewayP95LatencyHigh (completions)
@@ -1107,10 +1114,13 @@ def gateway() -> Board:
                 )
             ],
             "ops",
-            stack=True,
+            "Requests the gateway could not complete because of the upstream, per pool and kind "
+            "(the alert leaves out http_4xx, the client's errors).",
+            [("orange", T_GW_UPSTREAM_ERRORS)],
         ),
         8,
         8,
+        alerts=[("GatewayUpstreamErrorsHigh", T_GW_UPSTREAM_ERRORS)],
     )
     b.add(
         703,
@@ -1389,24 +1399,52 @@ def dcgm_gpu_panels(b: Board, base_id: int, w: int = 8) -> None:
             "GPU temperature (DCGM)",
             [prom(f"DCGM_FI_DEV_GPU_TEMP{{{g}}}", host)],
             "celsius",
+            "DCGM_FI_DEV_GPU_TEMP per GPU; clocks drop near the GPU's slowdown temperature.",
+            [("orange", T_GPU_TEMP)],
             min_=None,
         ),
         w,
         8,
+        alerts=[("GpuTemperatureHigh", T_GPU_TEMP)],
     )
     b.add(
         base_id + 5,
         timeseries(
             "XID errors (DCGM)",
-            [prom(f"DCGM_FI_DEV_XID_ERRORS{{{g}}}", host)],
+            [
+                prom(f"DCGM_EXP_XID_ERRORS_COUNT{{{g}}}", f"{host} XID {{{{xid}}}}"),
+                prom(f"changes(DCGM_FI_DEV_XID_ERRORS{{{g}}}[{RI}]) > 0", f"{host} last XID changed"),
+            ],
             "none",
-            "Last XID error code per GPU (0 = none). 48, 74, 79, 94, 95 need a reset or drain.",
+            "XIDs per GPU and code within dcgm-exporter's window (DCGM_EXP_XID_ERRORS_COUNT, opt-in "
+            "in its counters CSV; repeats count). Without it: a point when the last-XID gauge "
+            "DCGM_FI_DEV_XID_ERRORS changed. That gauge holds the last XID ever seen until the "
+            "exporter restarts, so its value is not 'now' (and a repeat of the same code does not "
+            "change it). 48, 74, 79, 94, 95 need a reset or drain.",
             [("red", 1)],
             draw="points",
         ),
         w,
         8,
         alerts=[("GpuXidErrors", None), ("GpuXidErrorsFatal", None)],
+    )
+    b.add(
+        base_id + 6,
+        timeseries(
+            "Row-remap failures and PCIe replays (DCGM)",
+            [
+                prom(f"DCGM_FI_DEV_ROW_REMAP_FAILURE{{{g}}} > 0", f"{host} row remap failed"),
+                prom(f"increase(DCGM_FI_DEV_PCIE_REPLAY_COUNTER{{{g}}}[{RI}]) > 0", f"{host} PCIe replays"),
+            ],
+            "none",
+            "A row-remap failure (DCGM_FI_DEV_ROW_REMAP_FAILURE) means the GPU has no spare memory "
+            "rows left: replace it. PCIe replays (DCGM_FI_DEV_PCIE_REPLAY_COUNTER) per interval; "
+            "the alert counts more than 10 in 10 minutes.",
+            draw="points",
+        ),
+        w,
+        8,
+        alerts=[("GpuRowRemapFailure", None), ("GpuPcieReplaysHigh", None)],
     )
 
 
@@ -1572,11 +1610,14 @@ def vllm() -> Board:
             "Inter-token latency p50 / p95 / p99",
             quantiles("vllm:inter_token_latency_seconds", q),
             "s",
-            "Time between successive output tokens.",
+            "Time between successive output tokens (vllm:inter_token_latency_seconds; vLLM before "
+            "0.11 calls it vllm:time_per_output_token_seconds, which the alert also reads).",
+            [("orange", T_VLLM_ITL_P95)],
             overrides=PCT_COLORS,
         ),
         12,
         8,
+        alerts=[("VllmP95InterTokenLatencyHigh", T_VLLM_ITL_P95)],
     )
     phases = []
     for phase in ("queue", "prefill", "decode"):
@@ -1598,6 +1639,37 @@ def vllm() -> Board:
         ),
         12,
         8,
+    )
+    b.add(
+        205,
+        timeseries(
+            "Queue time p50 / p95 / p99",
+            quantiles("vllm:request_queue_time_seconds", q),
+            "s",
+            "Time requests wait before being scheduled (vllm:request_queue_time_seconds); it adds "
+            "directly to the time to first token.",
+            [("orange", T_VLLM_QUEUE_P95)],
+            overrides=PCT_COLORS,
+        ),
+        12,
+        8,
+        alerts=[("VllmP95QueueTimeHigh", T_VLLM_QUEUE_P95)],
+    )
+    truncated = rate("vllm:request_success_total", f'{q}, finished_reason="length"', "model_name")
+    finished = rate("vllm:request_success_total", q, "model_name")
+    b.add(
+        206,
+        timeseries(
+            "Truncated answers by model",
+            [prom(f"({truncated} or {finished} * 0) / ({finished} > 0)", "{{model_name}}")],
+            "percentunit",
+            'Share of finished requests cut by max_tokens or the context (finished_reason="length").',
+            [("orange", T_VLLM_TRUNCATED)],
+            max_=1,
+        ),
+        12,
+        8,
+        alerts=[("VllmTruncationRateHigh", T_VLLM_TRUNCATED)],
     )
 
     b.row(300, "Request details")
@@ -1643,12 +1715,17 @@ def vllm() -> Board:
             [
                 prom(f"sum(vllm:num_requests_running{{{q}}})", "running"),
                 prom(f"sum(vllm:num_requests_waiting{{{q}}})", "waiting"),
+                prom(f"sum by (reason) (vllm:num_requests_waiting_by_reason{{{q}}})", "waiting: {{reason}}"),
             ],
             "short",
+            "Waiting by reason (newer vLLM): capacity = no room in the batch or KV cache; deferred "
+            "= LoRA budget, KV transfer, blocked.",
+            [("orange", T_VLLM_DEFERRED)],
             overrides=[fixed_color("running", "green"), fixed_color("waiting", "orange")],
         ),
         12,
         8,
+        alerts=[("VllmRequestsDeferredHigh", T_VLLM_DEFERRED)],
     )
     b.add(
         304,
@@ -1662,6 +1739,37 @@ def vllm() -> Board:
         12,
         8,
         alerts=[("VllmPreemptionsHigh", T_VLLM_PREEMPT)],
+    )
+    b.add(
+        305,
+        timeseries(
+            "Engines asleep by model",
+            [
+                prom(
+                    f'count by (model_name) (vllm:engine_sleep_state{{{q}, sleep_state="awake"}} == 0)',
+                    "{{model_name}}",
+                )
+            ],
+            "short",
+            "Engines in sleep mode (vllm:engine_sleep_state awake = 0); they answer nothing until "
+            "woken (/wake_up).",
+            draw="points",
+        ),
+        12,
+        8,
+        alerts=[("VllmEngineAsleepWithTraffic", None)],
+    )
+    b.add(
+        306,
+        timeseries(
+            "Admission rejections / s by model",
+            [prom(rate("vllm:admission_rejections_total", q, "model_name"), "{{model_name}}")],
+            "reqps",
+            "Requests vLLM refused at admission (vllm:admission_rejections_total, newer releases).",
+        ),
+        12,
+        8,
+        alerts=[("VllmAdmissionRejections", None)],
     )
 
     b.row(400, "KV cache and GPU")
@@ -1747,11 +1855,29 @@ def vllm() -> Board:
                 )
             ],
             "reqps",
-            "vLLM's HTTP server (2xx / 4xx / 5xx).",
+            "vLLM's HTTP server (2xx / 4xx / 5xx), every route.",
             stack=True,
         ),
-        24,
-        7,
+        12,
+        8,
+    )
+    gen = 'job=~"$job", instance=~"$instance", handler=~"/v1/.+", handler!~"/v1/models.*"'
+    all5 = f"sum by (instance) (rate(http_requests_total{{{gen}}}[{RI}]))"
+    err5 = f'sum by (instance) (rate(http_requests_total{{{gen}, status="5xx"}}[{RI}]))'
+    b.add(
+        505,
+        timeseries(
+            "HTTP 5xx share by server",
+            [prom(f"({err5} or {all5} * 0) / ({all5} > 0)", "{{instance}}")],
+            "percentunit",
+            "5xx answers / generation requests per vLLM server (http_requests_total). Engine death "
+            "and HTTP-layer failures show here, never as finished_reason=\"error\".",
+            [("orange", T_VLLM_HTTP_5XX)],
+            max_=1,
+        ),
+        12,
+        8,
+        alerts=[("VllmHttp5xxRateHigh", T_VLLM_HTTP_5XX), ("VllmEngineDead", None)],
     )
 
     b.row(600, "Kubernetes: pods and nodes")
@@ -2087,10 +2213,13 @@ def triton() -> Board:
             "Failures by reason",
             [prom(rate("nv_inference_request_failure", q, "reason"), "{{reason}}")],
             "reqps",
+            "REJECTED = the scheduler refused it (queue full or timeout: capacity), CANCELED = the "
+            "client went away, BACKEND = the model failed it, OTHER = anything else.",
             stack=True,
         ),
         12,
         8,
+        alerts=[("TritonRequestsRejected", None), ("TritonRequestsCanceledHigh", None)],
     )
 
     b.row(400, "GPU")

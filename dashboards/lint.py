@@ -733,6 +733,27 @@ SEMANTIC: list[Json] = [
         "expect": [('{model="m"}', 2.0)],
     },
     {
+        "name": "vLLM HTTP 5xx share per server: generation routes only, 0 without 5xx",
+        "panel": ("vllm", 505, "A"),
+        "series": [
+            ('http_requests_total{job="vllm", instance="a", handler="/v1/chat/completions", method="POST", status="2xx"}', "0+45x20"),
+            ('http_requests_total{job="vllm", instance="a", handler="/v1/chat/completions", method="POST", status="5xx"}', "0+15x20"),
+            ('http_requests_total{job="vllm", instance="a", handler="/v1/models", method="GET", status="2xx"}', "0+600x20"),
+            ('http_requests_total{job="vllm", instance="b", handler="/v1/completions", method="POST", status="2xx"}', "0+60x20"),
+        ],
+        "expect": [('{instance="a"}', 0.25), ('{instance="b"}', 0.0)],
+    },
+    {
+        "name": "vLLM truncated share by model, 0 for a model without length finishes",
+        "panel": ("vllm", 206, "A"),
+        "series": [
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="m", finished_reason="stop"}', "0+30x20"),
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="m", finished_reason="length"}', "0+10x20"),
+            ('vllm:request_success_total{job="vllm", instance="a", model_name="ok", finished_reason="stop"}', "0+10x20"),
+        ],
+        "expect": [('{model_name="m"}', 0.25), ('{model_name="ok"}', 0.0)],
+    },
+    {
         "name": "vLLM p95 latency from buckets",
         "panel": ("vllm", 201, "B"),
         "series": [

@@ -133,6 +133,35 @@ EOF
 check "the generated PrometheusRule's groups pass promtool check rules" \
   promtool check rules "$WORK/k8s-rules.yml"
 
+log "runbook URLs come from settings.yml"
+# In a copy: another pattern, regenerate; every runbook_url of the Prometheus rules, the Loki
+# rules, the promtool tests and both Kubernetes forms must carry it, and the tests still pass.
+mkdir -p "$WORK/root/deploy/k8s/base"
+cp -r "$RULES" "$WORK/root/logql-rules"
+cp -r "$ROOT/deploy/k8s/base/rules" "$WORK/root/deploy/k8s/base/rules"
+sed -i 's|^runbook_url_pattern:.*|runbook_url_pattern: "https://runbooks.example.org/llm/%s"|' \
+  "$WORK/root/logql-rules/settings.yml"
+"$PY" "$WORK/root/logql-rules/generate-k8s.py" >/dev/null
+runbook_urls_follow() {
+  local stale
+  stale=$(grep -rhoE 'runbook_url: *\S+' "$WORK/root/logql-rules/prometheus" "$WORK/root/logql-rules/loki" \
+    "$WORK/root/deploy/k8s/base/rules" | grep -v 'runbook_url: *https://runbooks.example.org/llm/[a-z0-9]*$' || true)
+  [ -z "$stale" ] || { echo "not from the pattern:"; echo "$stale" | head; return 1; }
+  grep -q 'runbook_url: https://runbooks.example.org/llm/vllmenginedead$' "$WORK/root/deploy/k8s/base/rules/prometheus-rules.yaml" &&
+    grep -q 'runbook_url: https://runbooks.example.org/llm/gatewayeventsmissing$' "$WORK/root/deploy/k8s/base/rules/loki-rules-configmap.yaml" &&
+    promtool test rules "$WORK/root/logql-rules/prometheus/tests/vllm.test.yml" >/dev/null
+}
+check "a new runbook_url_pattern reaches the Prometheus and Loki rules, their tests and the Kubernetes forms" \
+  runbook_urls_follow
+# Drift: a hand-edited link must make --check fail.
+sed -i '0,/runbook_url:/s|runbook_url: .*|runbook_url: https://example.com/hand-edited|' \
+  "$WORK/root/logql-rules/prometheus/vllm.rules.yml"
+if "$PY" "$WORK/root/logql-rules/generate-k8s.py" --check >/dev/null 2>&1; then
+  fail "a hand-edited runbook_url makes generate-k8s.py --check fail" "not detected"
+else
+  pass "a hand-edited runbook_url makes generate-k8s.py --check fail"
+fi
+
 echo
 echo "${PASSED} passed, ${FAILED} failed"
 [ "$FAILED" -eq 0 ]

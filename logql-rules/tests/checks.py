@@ -5,7 +5,8 @@ Usage: python3 logql-rules/tests/checks.py CHECK...   (from the repository root)
 
 CHECK is one of:
   conventions   every alert: severity in {critical, warning, info}, summary ending with a
-                period, description, runbook_url on the one base URL; names UpperCamelCase,
+                period, description, runbook_url = settings.yml's runbook_url_pattern with
+                the alert's name; names UpperCamelCase,
                 unique; group names lowercase; recording rules named level:metric:operations;
                 every alert in a table of README.md
   coverage      every Prometheus alert has a firing case and an earlier quiet case in the
@@ -47,7 +48,7 @@ LOKI = RULES / "loki"
 AM = RULES / "alertmanager"
 RUNBOOKS = RULES / "runbooks.md"
 CHECKER = ROOT / "tools" / "logql" / "check.mjs"
-RUNBOOK_BASE = "https://github.com/llm-gateway-observability/llm-gateway/blob/main/logql-rules/runbooks.md"
+SETTINGS = RULES / "settings.yml"
 SEVERITIES = {"critical", "warning", "info"}
 RUNBOOK_SECTIONS = ["Meaning", "Impact", "Diagnosis", "Mitigation"]
 
@@ -74,6 +75,11 @@ def report(ok: bool, name: str, why: str = "") -> None:
 def load(path: Path):
     with path.open(encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def runbook_url(alert: str) -> str:
+    """The one place runbook links come from: settings.yml's runbook_url_pattern."""
+    return str(load(SETTINGS)["runbook_url_pattern"]).replace("%s", alert.lower())
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -141,8 +147,8 @@ def check_conventions() -> None:
             if not str(ann.get("description", "")).strip():
                 problems.append("no description")
             url = str(ann.get("runbook_url", ""))
-            if not url.startswith(RUNBOOK_BASE + "#"):
-                problems.append(f"runbook_url not on {RUNBOOK_BASE}#...")
+            if url != runbook_url(alert):
+                problems.append(f"runbook_url {url!r} is not {runbook_url(alert)!r} (settings.yml)")
             if alert != "Watchdog" and not rule.get("for"):
                 problems.append("no `for`")
             if not re.search(rf"^\| {re.escape(alert)} \|", readme, re.M):
@@ -214,10 +220,10 @@ def check_runbooks() -> None:
     for rule in alerts:
         alert = rule["alert"]
         url = str((rule.get("annotations") or {}).get("runbook_url", ""))
-        anchor = url.split("#", 1)[1] if "#" in url else ""
+        anchor = slug(alert)
         anchors_used.add(anchor)
-        if anchor != slug(alert):
-            report(False, f"runbook for {alert}", f"runbook_url anchor {anchor!r} is not {slug(alert)!r}")
+        if url != runbook_url(alert):
+            report(False, f"runbook for {alert}", f"runbook_url {url!r} is not {runbook_url(alert)!r}")
             continue
         body = sections.get(anchor)
         if body is None:

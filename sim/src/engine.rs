@@ -26,6 +26,7 @@ pub struct Engine {
     max_running: usize,
     kv_capacity: u64,
     state: Mutex<Sched>,
+    dead: std::sync::atomic::AtomicBool,
 }
 
 struct Sched {
@@ -75,6 +76,7 @@ impl Engine {
             metrics,
             max_running: max_running.max(1),
             kv_capacity: kv_capacity.max(1),
+            dead: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(Sched {
                 running: 0,
                 kv_used: 0,
@@ -100,7 +102,21 @@ impl Engine {
             running: s.running,
             waiting: s.queue.len(),
             kv_usage: kv,
+            asleep: false,
         }
+    }
+
+    /// The engine core died (`x-sim-behavior: engine-death`): from now on every generation
+    /// request for this model is answered like vLLM answers after `EngineDeadError`, and
+    /// `/health` fails. There is no way back but a restart, as in vLLM.
+    pub fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Engine::kill`] was called.
+    #[must_use]
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Wait until the request (needing `need` KV tokens) runs. Dropping the future while

@@ -151,6 +151,7 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
         .await?;
     let scheduled = Instant::now();
     engine.metrics.add_prompt_tokens(plan.prompt_tokens);
+    engine.metrics.observe_iteration_tokens(plan.prompt_tokens);
     if !plan.prefill.is_zero() {
         out.guard(tokio::time::sleep_until(scheduled + plan.prefill))
             .await?;
@@ -241,9 +242,12 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
                 None => out.texts[ci].push_str(&text),
             }
         }
-        engine
-            .metrics
-            .add_generation_tokens(u32::try_from(emitting).unwrap_or(u32::MAX));
+        let emitted = u32::try_from(emitting).unwrap_or(u32::MAX);
+        engine.metrics.add_generation_tokens(emitted);
+        // The first step also carries the prefill, observed above.
+        if step > 0 {
+            engine.metrics.observe_iteration_tokens(emitted);
+        }
         out.flush().await?;
     }
     let completion = total_tokens(plan);

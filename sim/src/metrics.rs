@@ -7,6 +7,16 @@
 //! - every sample value and `le` rendered as a Python float (`1.0`, `0.001`, `+Inf`);
 //! - vLLM's default histogram buckets (`vllm/v1/metrics/buckets.py`).
 //!
+//! The `vllm:` families follow `PrometheusStatLogger` in vLLM's `vllm/v1/metrics/loggers.py`
+//! (names, help texts, label names and bucket lists; `vllm:num_requests_waiting_by_reason`,
+//! `vllm:engine_sleep_state`, `vllm:prompt_tokens_cached` and `vllm:iteration_tokens_total`
+//! as on vLLM main of 2026, `vllm:cache_config_info` from its `log_metrics_info`).
+//! `http_requests_total{handler,method,status}` follows prometheus-fastapi-instrumentator's
+//! default metric (`prometheus_fastapi_instrumentator/metrics.py`, `default()`: status codes
+//! grouped as `2xx`/`4xx`/`5xx`, untemplated paths as handler `none`), which vLLM's OpenAI
+//! server mounts with `/metrics`, `/health`, `/load`, `/ping`, `/version` and `/server_info`
+//! excluded (`vllm/entrypoints/openai/api_server.py`).
+//!
 //! One sim-only family, `vllm_sim_aborted_requests_total`, counts client aborts (vLLM V1
 //! itself records none, see the README).
 
@@ -34,6 +44,12 @@ pub const REQUEST_LATENCY_BUCKETS: &[f64] = &[
 ];
 /// `request_params_n` family.
 pub const PARAMS_N_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
+/// `iteration_tokens_total` (tokens per engine step).
+pub const ITERATION_TOKENS_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+/// KV-cache block size reported in `vllm:cache_config_info` (vLLM's CUDA default).
+pub const BLOCK_SIZE: u64 = 16;
 
 /// 1-2-5 series capped at `max_model_len` (vLLM `build_1_2_5_buckets`).
 #[must_use]
@@ -68,7 +84,9 @@ pub enum Finish {
     Length = 1,
     /// Aborted (never recorded, like vLLM V1; kept for completeness).
     Abort = 2,
-    /// Engine-side error surfaced as HTTP 500 / in-stream error.
+    /// Request-level engine error (vLLM's `FinishReason.ERROR`), surfaced as HTTP 500
+    /// "Internal server error" or an in-stream error. Engine death and HTTP-layer 500s
+    /// never count here.
     Error = 3,
 }
 
@@ -167,6 +185,7 @@ struct Hists {
     max_generation_tokens: Histogram,
     params_max_tokens: Histogram,
     params_n: Histogram,
+    iteration_tokens: Histogram,
 }
 
 /// Metrics of one served model (one simulated engine).
@@ -190,6 +209,8 @@ pub struct Gauges {
     pub waiting: usize,
     /// KV cache usage 0..=1.
     pub kv_usage: f64,
+    /// Whether the engine is in sleep mode (never, in the simulator: always awake).
+    pub asleep: bool,
 }
 
 impl ModelMetrics {
@@ -218,6 +239,7 @@ impl ModelMetrics {
                 max_generation_tokens: Histogram::new(token_buckets),
                 params_max_tokens: Histogram::new(token_buckets),
                 params_n: Histogram::new(PARAMS_N_BUCKETS),
+                iteration_tokens: Histogram::new(ITERATION_TOKENS_BUCKETS),
             }),
         }
     }
@@ -244,7 +266,21 @@ impl ModelMetrics {
         self.aborted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count an error that ends a request before or during generation.
+    /// Tokens scheduled in one engine step of one request (prefill or decode).
+    ///
+    /// vLLM observes the whole batch of a step; the simulator has no global step, so
+    /// each request's step is observed on its own (smaller values than a busy vLLM).
+    pub fn observe_iteration_tokens(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut h) = self.hists.lock() {
+            h.iteration_tokens.observe(f64::from(n));
+        }
+    }
+
+    /// Count a request-level engine error (`finished_reason="error"`), not engine death
+    /// and not an HTTP-layer 500.
     pub fn add_error(&self) {
         self.success[Finish::Error as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -279,6 +315,116 @@ impl ModelMetrics {
     pub fn aborted(&self) -> u64 {
         self.aborted.load(Ordering::Relaxed)
     }
+}
+
+/// `http_requests_total` of prometheus-fastapi-instrumentator, for the whole server.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    created: f64,
+    counts: Mutex<std::collections::BTreeMap<(String, &'static str, &'static str), u64>>,
+}
+
+/// The instrumentator's grouped status label (`should_group_status_codes=True`).
+#[must_use]
+pub fn status_group(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Handlers vLLM excludes from the instrumentator.
+pub const HTTP_EXCLUDED_HANDLERS: &[&str] = &[
+    "/metrics",
+    "/health",
+    "/load",
+    "/ping",
+    "/version",
+    "/server_info",
+];
+
+impl HttpMetrics {
+    /// No requests yet; `created` is the server start (unix seconds).
+    #[must_use]
+    pub fn new(created: f64) -> Self {
+        Self {
+            created,
+            counts: Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// One response: `handler` is the route template (`none` for an unmatched path).
+    pub fn observe(&self, handler: &str, method: &'static str, status: u16) {
+        if HTTP_EXCLUDED_HANDLERS.contains(&handler) {
+            return;
+        }
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *c.entry((handler.to_owned(), method, status_group(status)))
+            .or_insert(0) += 1;
+    }
+
+    /// Count for one label set (tests).
+    #[must_use]
+    pub fn get(&self, handler: &str, method: &str, status: &str) -> u64 {
+        let c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.iter()
+            .find(|((h, m, s), _)| h == handler && *m == method && *s == status)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Append the family (only label sets seen so far, like the instrumentator).
+    pub fn render(&self, out: &mut String) {
+        let help = "Total number of requests by method, status and handler.";
+        let c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        header(out, "http_requests_total", help, "counter");
+        for ((h, m, st), v) in c.iter() {
+            let _ = writeln!(
+                out,
+                "http_requests_total{{handler=\"{}\",method=\"{m}\",status=\"{st}\"}} {}",
+                escape_label(h),
+                u(*v)
+            );
+        }
+        header(out, "http_requests_created", help, "gauge");
+        for (h, m, st) in c.keys() {
+            let _ = writeln!(
+                out,
+                "http_requests_created{{handler=\"{}\",method=\"{m}\",status=\"{st}\"}} {}",
+                escape_label(h),
+                go_float(self.created)
+            );
+        }
+    }
+}
+
+/// `vllm:cache_config_info`: vLLM's info-style gauge (always 1) whose labels are the
+/// engine's cache settings (`log_metrics_info("cache_config", ...)`; a subset of the
+/// fields, with the values this simulator implies). It has no `model_name` label, like
+/// vLLM's; one series for the whole simulator, whose engines share one configuration.
+pub fn render_cache_config_info(out: &mut String, kv_cache_tokens: u64) {
+    header(
+        out,
+        "vllm:cache_config_info",
+        "Information of the LLMEngine CacheConfig",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "vllm:cache_config_info{{block_size=\"{BLOCK_SIZE}\",cache_dtype=\"auto\",enable_prefix_caching=\"False\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"{}\",engine=\"0\"}} 1.0",
+        kv_cache_tokens / BLOCK_SIZE
+    );
 }
 
 /// Python `prometheus_client.utils.floatToGoString`.
@@ -442,6 +588,41 @@ pub fn render(models: &[(&ModelMetrics, Gauges)]) -> String {
         "Number of requests waiting to be processed.",
         |g| g.waiting as f64,
     );
+    // Waiting by reason: the simulator's only wait is for capacity (running slots or KV);
+    // nothing is deferred (no LoRA, no KV transfer).
+    let help = "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; 'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). Sum of all reasons equals vllm:num_requests_waiting.";
+    header(
+        &mut out,
+        "vllm:num_requests_waiting_by_reason",
+        help,
+        "gauge",
+    );
+    for (m, g) in models {
+        for (reason, v) in [("capacity", g.waiting), ("deferred", 0)] {
+            let _ = writeln!(
+                out,
+                "vllm:num_requests_waiting_by_reason{{model_name=\"{}\",engine=\"0\",reason=\"{reason}\"}} {}",
+                escape_label(&m.model_name),
+                go_float(v as f64)
+            );
+        }
+    }
+    let help = "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.";
+    header(&mut out, "vllm:engine_sleep_state", help, "gauge");
+    for (m, g) in models {
+        for (state, v) in [
+            ("awake", !g.asleep),
+            ("weights_offloaded", g.asleep),
+            ("discard_all", false),
+        ] {
+            let _ = writeln!(
+                out,
+                "vllm:engine_sleep_state{{model_name=\"{}\",engine=\"0\",sleep_state=\"{state}\"}} {}",
+                escape_label(&m.model_name),
+                go_float(if v { 1.0 } else { 0.0 })
+            );
+        }
+    }
     f.gauge(
         &mut out,
         "vllm:kv_cache_usage_perc",
@@ -471,6 +652,13 @@ pub fn render(models: &[(&ModelMetrics, Gauges)]) -> String {
         "vllm:prompt_tokens",
         "Number of prefill tokens processed.",
         |m| m.prompt_tokens.load(Ordering::Relaxed),
+    );
+    // No prefix cache is simulated: nothing is ever served from cache.
+    f.counter(
+        &mut out,
+        "vllm:prompt_tokens_cached",
+        "Number of cached prompt tokens (local + external).",
+        |_| 0,
     );
     f.counter(
         &mut out,
@@ -518,6 +706,13 @@ pub fn render(models: &[(&ModelMetrics, Gauges)]) -> String {
         "Number of generation tokens processed.",
         hs,
         |h| &h.generation_tokens,
+    );
+    f.histogram(
+        &mut out,
+        "vllm:iteration_tokens_total",
+        "Histogram of number of tokens per engine_step.",
+        hs,
+        |h| &h.iteration_tokens,
     );
     f.histogram(
         &mut out,
@@ -671,6 +866,7 @@ mod tests {
                 running: 2,
                 waiting: 1,
                 kv_usage: 0.25,
+                asleep: false,
             },
         )]);
         assert!(text.contains("# TYPE vllm:prompt_tokens_total counter\n"));

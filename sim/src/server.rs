@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::generate::{Aborted, ChoicePlan, Out, Plan, run, total_tokens};
-use crate::metrics::{self, Finish, ModelMetrics};
+use crate::metrics::{self, Finish, HttpMetrics, ModelMetrics};
 use crate::text;
 use crate::wire::{self, FinalChoice, Kind, Usage};
 
@@ -79,6 +79,7 @@ pub(crate) struct Sim {
     engines: Vec<(String, Arc<Engine>)>,
     counter: AtomicU64,
     started: u64,
+    http: HttpMetrics,
 }
 
 impl Sim {
@@ -130,6 +131,7 @@ pub fn router(cfg: SimConfig) -> Router {
         engines,
         counter: AtomicU64::new(0),
         started: unix_now(),
+        http: HttpMetrics::new(created),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -141,6 +143,7 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/version", get(version))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&sim), auth))
+        .layer(middleware::from_fn_with_state(Arc::clone(&sim), instrument))
         .with_state(sim)
 }
 
@@ -209,6 +212,30 @@ async fn auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
+/// `http_requests_total` like prometheus-fastapi-instrumentator: the route template as
+/// `handler` (`none` when no route matched, the instrumentator's `should_group_untemplated`),
+/// the method, the grouped status of the response head (a stream that fails after its 200
+/// head counts as 2xx, as in vLLM).
+async fn instrument(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
+    let handler = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "none".to_owned(), |m| m.as_str().to_owned());
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::PATCH => "PATCH",
+        _ => "OTHER",
+    };
+    let resp = next.run(req).await;
+    sim.http.observe(&handler, method, resp.status().as_u16());
+    resp
+}
+
 async fn not_found() -> Response {
     json_response(
         StatusCode::NOT_FOUND,
@@ -216,7 +243,13 @@ async fn not_found() -> Response {
     )
 }
 
-async fn health() -> Response {
+/// vLLM's `/health`: 200, or 503 once the engine is dead (`EngineDeadError`,
+/// `vllm/entrypoints/openai/api_server.py`). With several simulated engines, one dead
+/// engine fails the whole server's health, as one vLLM process would.
+async fn health(State(sim): State<Arc<Sim>>) -> Response {
+    if sim.engines.iter().any(|(_, e)| e.is_dead()) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     StatusCode::OK.into_response()
 }
 
@@ -233,7 +266,9 @@ async fn metrics_page(State(sim): State<Arc<Sim>>) -> Response {
         .iter()
         .map(|(_, e)| (&e.metrics, e.gauges()))
         .collect();
-    let body = metrics::render(&list);
+    let mut body = metrics::render(&list);
+    metrics::render_cache_config_info(&mut body, sim.cfg.kv_cache_tokens);
+    sim.http.render(&mut body);
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -316,6 +351,7 @@ struct Behavior {
     error_midstream: bool,
     error_flat: bool,
     error_empty: bool,
+    engine_death: bool,
     unauthorized: bool,
     slow: bool,
     length: bool,
@@ -333,6 +369,7 @@ impl Behavior {
                     "error-midstream" => b.error_midstream = true,
                     "error-flat" => b.error_flat = true,
                     "error-empty" => b.error_empty = true,
+                    "engine-death" => b.engine_death = true,
                     "unauthorized" => b.unauthorized = true,
                     "slow" => b.slow = true,
                     "length" => b.length = true,
@@ -520,8 +557,14 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
     if b.unauthorized {
         return unauthorized();
     }
-    if b.error_empty {
-        engine.metrics.add_error();
+    // Engine death (vLLM V1: the EngineCore process is gone, AsyncLLM raises EngineDeadError;
+    // `vllm/entrypoints/launcher.py` answers it with a bare 500, no body). This request
+    // kills the engine; every later one meets the dead engine. Nothing is counted in
+    // `vllm:request_success_total`: the request never finishes in the engine.
+    if b.engine_death {
+        engine.kill();
+    }
+    if engine.is_dead() || b.error_empty {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     if b.error_flat {

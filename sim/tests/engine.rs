@@ -88,13 +88,21 @@ async fn metrics_names_types_labels_buckets() {
         ("vllm:request_params_n", "histogram"),
         ("vllm:request_params_max_tokens", "histogram"),
         ("vllm_sim_aborted_requests_total", "counter"),
+        ("vllm:num_requests_waiting_by_reason", "gauge"),
+        ("vllm:engine_sleep_state", "gauge"),
+        ("vllm:prompt_tokens_cached_total", "counter"),
+        ("vllm:iteration_tokens_total", "histogram"),
+        ("vllm:cache_config_info", "gauge"),
+        ("http_requests_total", "counter"),
     ] {
         assert!(
             page.contains(&format!("\n# TYPE {name} {kind}\n")),
             "missing TYPE of {name}\n{page}"
         );
     }
-    // Every sample line: name{labels} float, labels model_name then engine.
+    // Every sample line: name{labels} float; vllm: series label model_name then engine
+    // (but vllm:cache_config_info, whose labels are the cache settings, as in vLLM), and
+    // http_requests_* carry the instrumentator's handler, method, status.
     for line in page.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap();
         assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{line}");
@@ -102,10 +110,14 @@ async fn metrics_names_types_labels_buckets() {
             value.contains('.') || value.contains('e') || value.contains("Inf"),
             "python float: {line}"
         );
-        assert!(
-            series.contains("{model_name=\"sim-model\",engine=\"0\""),
-            "{line}"
-        );
+        if series.starts_with("http_requests_") {
+            assert!(series.contains("{handler=\""), "{line}");
+        } else if !series.starts_with("vllm:cache_config_info{") {
+            assert!(
+                series.contains("{model_name=\"sim-model\",engine=\"0\""),
+                "{line}"
+            );
+        }
     }
     let les = |name: &str| -> Vec<String> {
         page.lines()
@@ -186,7 +198,73 @@ async fn metrics_names_types_labels_buckets() {
     );
     let ttft_sum = metric(&page, &series("vllm:time_to_first_token_seconds_sum")).unwrap();
     assert!(ttft_sum >= 0.005, "ttft {ttft_sum}");
-    // Errors count as finished_reason="error".
+    // The families added after vLLM 0.11 (vllm/v1/metrics/loggers.py) and the HTTP layer.
+    assert!(page.contains("# TYPE vllm:num_requests_waiting_by_reason gauge\n"));
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:num_requests_waiting_by_reason{model_name=\"sim-model\",engine=\"0\",reason=\"capacity\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:num_requests_waiting_by_reason{model_name=\"sim-model\",engine=\"0\",reason=\"deferred\"}"
+        ),
+        Some(0.0)
+    );
+    for (state, v) in [
+        ("awake", 1.0),
+        ("weights_offloaded", 0.0),
+        ("discard_all", 0.0),
+    ] {
+        let s = format!(
+            "vllm:engine_sleep_state{{model_name=\"sim-model\",engine=\"0\",sleep_state=\"{state}\"}}"
+        );
+        assert_eq!(metric(&page, &s), Some(v), "{s}");
+    }
+    assert_eq!(
+        metric(&page, &series("vllm:prompt_tokens_cached_total")),
+        Some(0.0)
+    );
+    assert!(page.contains("# TYPE vllm:prompt_tokens_cached_total counter\n"));
+    assert!(page.contains("# TYPE vllm:iteration_tokens_total histogram\n"));
+    assert_eq!(
+        les("vllm:iteration_tokens_total").join(","),
+        "1.0,8.0,16.0,32.0,64.0,128.0,256.0,512.0,1024.0,2048.0,4096.0,8192.0,16384.0,+Inf"
+    );
+    // One prefill step plus five decode steps of one token.
+    assert_eq!(
+        metric(&page, &series("vllm:iteration_tokens_total_count")),
+        Some(6.0)
+    );
+    assert!(page.contains(
+        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"False\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"4096\",engine=\"0\"} 1.0\n"
+    ));
+    assert_eq!(
+        metric(
+            &page,
+            "http_requests_total{handler=\"/v1/chat/completions\",method=\"POST\",status=\"2xx\"}"
+        ),
+        Some(1.0)
+    );
+    // vLLM excludes /metrics and /health from the instrumentator.
+    assert!(!page.contains("handler=\"/metrics\""));
+    // An unknown path is counted under handler "none" (never the raw path).
+    let (s, _, _) = get(&c, &sim.url("/no/such/route")).await;
+    assert_eq!(s, 404);
+    let page2 = scrape(&c, &sim).await;
+    assert_eq!(
+        metric(
+            &page2,
+            "http_requests_total{handler=\"none\",method=\"GET\",status=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(!page2.contains("/no/such/route"));
+    // A request-level engine error (vLLM's GenerationError, "Internal server error") counts
+    // as finished_reason="error".
     let (s, _, _) = post(
         &c,
         &sim.url(CHAT),
@@ -200,6 +278,100 @@ async fn metrics_names_types_labels_buckets() {
         metric(
             &page,
             "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"error\"}"
+        ),
+        Some(1.0)
+    );
+    // A bare 500 from the HTTP layer (vLLM's handler for EngineDeadError / RuntimeError)
+    // is not a finished request: request_success stays, http_requests_total counts a 5xx.
+    let (s, _, t) = post(
+        &c,
+        &sim.url(CHAT),
+        r#"{"messages":[{"role":"user","content":"x"}]}"#,
+        &[("x-sim-behavior", "error-empty")],
+    )
+    .await;
+    assert_eq!((s, t.as_str()), (500, ""));
+    let page = scrape(&c, &sim).await;
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"error\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "http_requests_total{handler=\"/v1/chat/completions\",method=\"POST\",status=\"5xx\"}"
+        ),
+        Some(2.0)
+    );
+}
+
+/// `x-sim-behavior: engine-death` kills the engine: that request and every later one get
+/// vLLM's bare 500, `/health` answers 503, nothing counts as finished (not even as
+/// finished_reason="error"), and only http_requests_total{status="5xx"} grows.
+#[tokio::test]
+async fn engine_death_fails_requests_and_health_but_counts_no_finished_request() {
+    let sim = Sim::start(&["--ttft-ms", "1", "--tokens-per-second", "0"]);
+    let c = client();
+    let body = r#"{"messages":[{"role":"user","content":"hello"}]}"#;
+    let (s, _, _) = post(&c, &sim.url(CHAT), body, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(get(&c, &sim.url("/health")).await.0, 200);
+    let (s, _, t) = post(
+        &c,
+        &sim.url(CHAT),
+        body,
+        &[("x-sim-behavior", "engine-death")],
+    )
+    .await;
+    assert_eq!((s, t.as_str()), (500, ""));
+    assert_eq!(get(&c, &sim.url("/health")).await.0, 503);
+    for stream in [false, true] {
+        let b =
+            format!(r#"{{"messages":[{{"role":"user","content":"again"}}],"stream":{stream}}}"#);
+        let (s, _, t) = post(&c, &sim.url(CHAT), &b, &[]).await;
+        assert_eq!((s, t.as_str()), (500, ""), "stream={stream}");
+    }
+    // Validation still answers before the engine is asked (as in vLLM).
+    let (s, _, _) = post(&c, &sim.url(CHAT), r#"{"model":"nope","messages":[]}"#, &[]).await;
+    assert_eq!(s, 404);
+    // /v1/models does not need the engine.
+    assert_eq!(get(&c, &sim.url("/v1/models")).await.0, 200);
+    let page = scrape(&c, &sim).await;
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"stop\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "vllm:request_success_total{model_name=\"sim-model\",engine=\"0\",finished_reason=\"error\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "http_requests_total{handler=\"/v1/chat/completions\",method=\"POST\",status=\"5xx\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "http_requests_total{handler=\"/v1/chat/completions\",method=\"POST\",status=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "http_requests_total{handler=\"/v1/models\",method=\"GET\",status=\"2xx\"}"
         ),
         Some(1.0)
     );

@@ -92,6 +92,42 @@ fn error_storm_counts_by_status() {
     assert_eq!(s["ok"], 30);
 }
 
+/// engine-death: the first request kills the engine, every one after it gets a 500, and
+/// the simulator's /health says so.
+#[test]
+fn engine_death_first_request_kills_the_engine() {
+    let sim = fast_sim();
+    let target = format!("{}/v1", sim.url(""));
+    let s = loadgen(&[
+        "engine-death",
+        "--target",
+        &target,
+        "--model",
+        "sim-model",
+        "--requests",
+        "12",
+        "--rate",
+        "50",
+        "--duration-secs",
+        "10",
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(s["scenario"], "engine-death");
+    assert_eq!(s["requests"], 12);
+    assert_eq!(s["errors_by_status"]["500"], 12);
+    assert_eq!(s["ok"], 0);
+    // GET /health by hand (these tests are synchronous): HTTP/1.1 503.
+    use std::io::{Read as _, Write as _};
+    let addr = sim.url("").trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /health HTTP/1.1\r\nhost: sim\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    conn.read_to_string(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+}
+
 #[test]
 fn refusal_storm_non_stream_and_midstream_errors() {
     let sim = fast_sim();

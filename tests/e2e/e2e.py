@@ -65,6 +65,9 @@ LAT = "chat-latency"
 REF = "chat-refusal"
 ERR = "chat-errors"
 MODELS = [CONTROL, LAT, REF, ERR]
+# A second vllm-sim (its own scrape target in job vllm), not behind the gateway: quiet
+# traffic, then its engine dies (loadgen engine-death, straight at it).
+DEAD = "chat-dead"
 
 # Tenants and their API keys (the gateway config holds only the SHA-256).
 TENANT_KEYS = {"team-a": "e2e-key-team-a", "team-b": "e2e-key-team-b"}
@@ -82,6 +85,9 @@ POLL_SECS = 2.0
 # vLLM's (5, 10] bucket: histogram_quantile gives ~9.75 s > 8 s).
 LAT_OUTPUT_TOKENS = 180
 LAT_TOKENS_PER_SECOND = 20
+# Every other answer ends naturally (finish_reason "stop") well under its max_tokens, so
+# the truncation alert (share of finished_reason="length") sees a healthy fleet.
+SHORT_ANSWER = ["--header", "x-sim-output-tokens: 16"]
 
 # Alerts each scenario must fire: (alertname, label holding the model, model, scenario).
 EXPECTED = [
@@ -106,16 +112,10 @@ TOLERATED = [
     ("VllmRequestLatencySustainedHigh", "model_name", LAT, "latency-spike"),
 ]
 # Alerts that may go pending but must never fire: warm-up artefacts of a fresh stack.
-TOLERATED_PENDING = [
-    # rate(vllm:generation_tokens_total[5m]) divides by the whole 5 minutes while the sim
-    # has run for less (about 70 s when the storms start), so a model with >= 1 request
-    # running reads as < 10 tokens/s until its storm's tokens catch up: for every storm
-    # model, for a few seconds (slow requests on chat-latency: longer). Its `for: 10m`
-    # cannot elapse here; it must not fire.
-    ("VllmThroughputLow", "model_name", LAT, "latency-spike"),
-    ("VllmThroughputLow", "model_name", REF, "refusal-storm"),
-    ("VllmThroughputLow", "model_name", ERR, "error-storm"),
-]
+# None any more: VllmThroughputLow used to go pending for a few seconds as the storms began
+# (rate()[5m] over series younger than 5 minutes reads too low); the throughput alerts now
+# wait until the series cover their window, and the test asserts they never even go pending.
+TOLERATED_PENDING: list[tuple[str, str, str, str]] = []
 
 
 # ---------------------------------------------------------------------------
@@ -436,7 +436,7 @@ class WebhookRecorder:
         with self.lock:
             for _, receiver, status, lb in self.notes:
                 if status == "firing":
-                    k = (lb.get("alertname", ""), lb.get("model") or lb.get("model_name") or "")
+                    k = (lb.get("alertname", ""), alert_scope(lb))
                     out.setdefault(k, set()).add(receiver)
         return out
 
@@ -445,13 +445,13 @@ class WebhookRecorder:
         self.server.server_close()
 
 
-def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str, am: str | None) -> Path:
+def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str, am: str | None, dead: str) -> Path:
     cfg = {
         "global": {"scrape_interval": "5s", "scrape_timeout": "4s", "evaluation_interval": "5s"},
         # The project's rule files, loaded in place and unchanged.
         "rule_files": [RULES_GLOB],
         "scrape_configs": [
-            {"job_name": "vllm", "static_configs": [{"targets": [sim]}]},
+            {"job_name": "vllm", "static_configs": [{"targets": [sim, dead]}]},
             {"job_name": "llm-gateway", "static_configs": [{"targets": [gw]}]},
             {"job_name": "log-shipper", "static_configs": [{"targets": [shipper]}]},
         ],
@@ -466,6 +466,11 @@ def prometheus_config(workdir: Path, sim: str, gw: str, shipper: str, am: str | 
 # ---------------------------------------------------------------------------
 # The test
 # ---------------------------------------------------------------------------
+
+
+def alert_scope(lb: dict) -> str:
+    """What an alert is about: its model, else its upstream pool, instance or tenant."""
+    return lb.get("model") or lb.get("model_name") or lb.get("upstream") or lb.get("instance") or lb.get("tenant") or ""
 
 
 class AlertWatch:
@@ -485,8 +490,7 @@ class AlertWatch:
     @staticmethod
     def key(a: dict) -> tuple[str, str]:
         lb = a["labels"]
-        scope = lb.get("model") or lb.get("model_name") or lb.get("instance") or lb.get("tenant") or ""
-        return (lb["alertname"], scope)
+        return (lb["alertname"], alert_scope(lb))
 
     def poll(self) -> list[dict]:
         alerts = prom_alerts(self.prom)
@@ -536,6 +540,12 @@ def loadgen(procs: Procs, name: str, scenario: str, gw: str, model: str, extra: 
         "-q",
         *extra,
     ]
+    return procs.start(name, argv)
+
+
+def loadgen_sim(procs: Procs, name: str, scenario: str, sim: str, model: str, extra: list[str]) -> Proc:
+    """loadgen straight at a vllm-sim (no gateway, no API key, no events)."""
+    argv = [BIN_DIR / "loadgen", scenario, "--target", f"http://{sim}", "--model", model, "--json", "-q", *extra]
     return procs.start(name, argv)
 
 
@@ -657,8 +667,11 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
                                              "--record", received])
     sim = procs.start("vllm-sim", [BIN_DIR / "vllm-sim", "--listen", "127.0.0.1:0",
                                    *sum((["--model", m] for m in MODELS), []), "--seed", "7"])
+    dead_sim = procs.start("vllm-sim-dead", [BIN_DIR / "vllm-sim", "--listen", "127.0.0.1:0",
+                                             "--model", DEAD, "--seed", "8"])
     rec_addr = receiver.wait_listening(30)
     sim_addr = sim.wait_listening(30)
+    dead_addr = dead_sim.wait_listening(30)
     gw = procs.start("llm-gateway", [BIN_DIR / "llm-gateway", "--config",
                                      gateway_config(workdir, sim_addr, events)])
     gw_addr = gw.wait_listening(30)
@@ -669,7 +682,7 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
         "--metrics-listen", "127.0.0.1:0",
     ])
     shipper_addr = shipper.wait_listening(30, r"metrics listening on (\S+)")
-    log(f"sim {sim_addr}, gateway {gw_addr}, shipper metrics {shipper_addr}, receiver {rec_addr}")
+    log(f"sim {sim_addr}, sim to kill {dead_addr}, gateway {gw_addr}, shipper metrics {shipper_addr}, receiver {rec_addr}")
 
     am_addr = None
     am_bin = os.environ.get("ALERTMANAGER") or shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -692,7 +705,7 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
         log(f"alertmanager {am_addr} ({am_bin}), routes and inhibitions of {AM_CONFIG.relative_to(ROOT)}")
     else:
         log("no Alertmanager binary (Debian prometheus-alertmanager): delivery not checked")
-    prom_cfg = prometheus_config(workdir, sim_addr, gw_addr, shipper_addr, am_addr)
+    prom_cfg = prometheus_config(workdir, sim_addr, gw_addr, shipper_addr, am_addr, dead_addr)
     prom_addr = ""
     for attempt in range(3):
         prom_addr = f"127.0.0.1:{free_port()}"
@@ -717,9 +730,10 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     def targets_up():
         _, b = http_get(f"http://{prom_addr}/api/v1/targets")
         act = json.loads(b)["data"]["activeTargets"]
-        return {t["labels"]["job"]: t["health"] for t in act}
-    t_up = wait_until(lambda: (lambda h: h if h and all(v == "up" for v in h.values()) else None)(targets_up()), 30, 1)
-    chk.check("prometheus scrapes vllm, llm-gateway, log-shipper", t_up is not None and set(t_up) == {"vllm", "llm-gateway", "log-shipper"},
+        return {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in act}
+    t_up = wait_until(lambda: (lambda h: h if len(h) == 4 and all(v == "up" for v in h.values()) else None)(targets_up()), 30, 1)
+    chk.check("prometheus scrapes vllm (2 targets), llm-gateway, log-shipper",
+              t_up is not None and sorted(j for j, _ in t_up) == ["llm-gateway", "log-shipper", "vllm", "vllm"],
               f"targets {targets_up()}")
 
     watch = AlertWatch(prom_addr)
@@ -730,10 +744,19 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     runs: list[tuple[str, str, Proc]] = []  # (model, scenario, proc)
     runs.append((CONTROL, "steady", loadgen(procs, "loadgen-control", "steady", gw_addr, CONTROL,
                                             ["--rate", "2", "--duration-secs", str(QUIET_SECS + REF_SECS),
-                                             "--max-tokens", "32"])))
+                                             "--max-tokens", "32", *SHORT_ANSWER])))
     for m in (LAT, REF, ERR):
         runs.append((m, "steady", loadgen(procs, f"loadgen-quiet-{m}", "steady", gw_addr, m,
-                                          ["--rate", "1", "--duration-secs", str(QUIET_SECS), "--max-tokens", "32"])))
+                                          ["--rate", "1", "--duration-secs", str(QUIET_SECS), "--max-tokens", "32",
+                                           *SHORT_ANSWER])))
+    # Straight at the second simulator (no gateway, no events): healthy, then idle for the
+    # last 30 s of the quiet phase, so that "nothing finished for 2 minutes" (VllmEngineDead)
+    # holds well before the 5xx-share warning's 3 minutes: Alertmanager must see the critical
+    # before it would notify the warning it inhibits.
+    sim_runs: list[tuple[str, str, Proc]] = []
+    sim_runs.append((DEAD, "steady", loadgen_sim(procs, "loadgen-quiet-dead", "steady", dead_addr, DEAD,
+                                                 ["--rate", "1", "--duration-secs", str(max(10, QUIET_SECS - 30)),
+                                                  "--max-tokens", "32", *SHORT_ANSWER])))
     t1 = time.monotonic()
     direct = direct_requests(gw_addr, chk)
     wd = wait_until(lambda: any(a["labels"]["alertname"] == "Watchdog" and a["state"] == "firing"
@@ -746,12 +769,16 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     seen = {r["metric"].get("model") for r in prom_query(prom_addr, "sum by (model) (rate(llm_gateway_requests_total[1m])) > 0")}
     chk.check("quiet: Prometheus sees gateway traffic for every model", set(MODELS) <= seen, f"models {seen}")
     seen = {r["metric"].get("model_name") for r in prom_query(prom_addr, "sum by (model_name) (rate(vllm:request_success_total[1m])) > 0")}
-    chk.check("quiet: Prometheus sees vLLM traffic for every model", set(MODELS) <= seen, f"models {seen}")
+    chk.check("quiet: Prometheus sees vLLM traffic for every model", set(MODELS + [DEAD]) <= seen, f"models {seen}")
+    seen = {r["metric"].get("instance") for r in prom_query(
+        prom_addr, 'sum by (instance) (rate(http_requests_total{job="vllm", status="2xx"}[1m])) > 0')}
+    chk.check("quiet: Prometheus sees vllm-sim's http_requests_total on both targets", {sim_addr, dead_addr} <= seen,
+              f"instances {seen}")
     others = sorted({(n, s, st) for n, s, st in watch.seen_in_phase.get("quiet", set()) if n != "Watchdog"})
     chk.check("quiet: no alert but Watchdog pending or firing", not others, why=f"saw {others}")
 
     # --- phase 2: storms ----------------------------------------------------
-    for m, sc, p in runs[1:]:
+    for m, sc, p in runs[1:] + sim_runs:
         try:
             p.p.wait(QUIET_SECS + 45)
         except subprocess.TimeoutExpired:
@@ -765,11 +792,30 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
         "--header", f"x-sim-output-tokens: {LAT_OUTPUT_TOKENS}",
         "--header", f"x-sim-tokens-per-second: {LAT_TOKENS_PER_SECOND}"])))
     runs.append((REF, "refusal-storm", loadgen(procs, "loadgen-refusal-storm", "refusal-storm", gw_addr, REF, [
-        "--concurrency", "2", "--duration-secs", str(REF_SECS), "--max-tokens", "48"])))
+        "--concurrency", "2", "--duration-secs", str(REF_SECS), "--max-tokens", "48", *SHORT_ANSWER])))
     runs.append((ERR, "error-storm", loadgen(procs, "loadgen-error-storm", "error-storm", gw_addr, ERR, [
-        "--concurrency", "2", "--duration-secs", str(ERR_SECS), "--max-tokens", "32"])))
+        "--concurrency", "2", "--duration-secs", str(ERR_SECS), "--max-tokens", "32", *SHORT_ANSWER])))
+    # It keeps meeting the dead engine until the Alertmanager checks are done (about
+    # REF_SECS + 80 s), as real clients would: VllmEngineDead must still be firing when the
+    # test looks at what it inhibits.
+    dead_secs = REF_SECS + 100
+    sim_runs.append((DEAD, "engine-death", loadgen_sim(procs, "loadgen-engine-death", "engine-death", dead_addr, DEAD, [
+        "--rate", "2", "--duration-secs", str(dead_secs), "--max-tokens", "32", *SHORT_ANSWER])))
 
-    expected_keys = {(n, m): (label, sc) for n, label, m, sc in EXPECTED}
+    expected = EXPECTED + [
+        # The error storm's 500s are HTTP 5xx too (on the simulator serving the four models),
+        # and upstream errors of the gateway's pool.
+        ("VllmHttp5xxRateHigh", "instance", sim_addr, "error-storm"),
+        ("GatewayUpstreamErrorsHigh", "upstream", "vllm", "error-storm"),
+        # Engine death: only 5xx, nothing finishes (request_success does not move, not even
+        # finished_reason="error").
+        ("VllmEngineDead", "instance", dead_addr, "engine-death"),
+        ("VllmHttp5xxRateHigh", "instance", dead_addr, "engine-death"),
+    ]
+    inhibited = INHIBITED | {("VllmHttp5xxRateHigh", dead_addr)}
+    for name in ("VllmHttp5xxRateHigh", "GatewayUpstreamErrorsHigh", "VllmEngineDead"):
+        chk.check(f"rule files define {name}", name in rules)
+    expected_keys = {(n, m): (label, sc) for n, label, m, sc in expected}
     tolerated_pending_keys = {(n, m) for n, _, m, _ in TOLERATED_PENDING}
     tolerated_keys = {(n, m) for n, _, m, _ in TOLERATED} | tolerated_pending_keys
     deadline = watch.t_phase2 + PHASE2_BUDGET
@@ -957,7 +1003,7 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     if webhook is not None:
         want: dict[tuple[str, str], set[str]] = {("Watchdog", ""): {"watchdog"}}
         for (name, model) in expected_keys:
-            if ((name, model), "firing") in watch.first and (name, model) not in INHIBITED:
+            if ((name, model), "firing") in watch.first and (name, model) not in inhibited:
                 want[(name, model)] = RECEIVERS_BY_SEVERITY[rules[name]["labels"]["severity"]]
         t_wait = time.monotonic()
         wait_until(lambda: all(v <= webhook.delivered().get(k, set()) for k, v in want.items()), 60, 1)
@@ -967,9 +1013,8 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
             chk.check(f"alertmanager delivers {k[0]}{'{' + k[1] + '}' if k[1] else ''} to {', '.join(sorted(receivers))}",
                       got_d.get(k, set()) == receivers, f"got {sorted(got_d.get(k, set()))}")
         _, body = http_get(f"http://{am_addr}/api/v2/alerts")
-        am_alerts = {(a["labels"].get("alertname"), a["labels"].get("model") or a["labels"].get("model_name") or ""): a
-                     for a in json.loads(body)}
-        for k in sorted(INHIBITED):
+        am_alerts = {(a["labels"].get("alertname"), alert_scope(a["labels"])): a for a in json.loads(body)}
+        for k in sorted(inhibited):
             if (k, "firing") not in watch.first:
                 continue
             st = am_alerts.get(k, {}).get("status", {})
@@ -979,6 +1024,33 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
         allowed = set(want) | tolerated_keys
         extra = {k: sorted(v) for k, v in got_d.items() if k not in allowed}
         chk.check("alertmanager delivers nothing else", not extra, why=f"{extra}")
+
+    # --- the simulator that was killed --------------------------------------------------
+    log("waiting for the loadgen runs straight at the killed simulator to finish")
+    sim_summaries: list[tuple[str, str, dict]] = []
+    for m, sc, p in sim_runs:
+        try:
+            p.p.wait(max(5.0, (watch.t_phase2 + dead_secs + 60) - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            chk.check(f"loadgen {sc} on {m} finishes", False, "still running")
+        p.stop()
+        try:
+            s = json.loads(p.stdout_path.read_text().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            chk.check(f"loadgen {sc} on {m} prints a JSON summary", False, why=p.stderr_text()[-500:])
+            continue
+        sim_summaries.append((m, sc, s))
+        log(f"loadgen {p.name}: {s['requests']} requests, ok {s['ok']}, errors {s['errors_by_status']}")
+    for m, sc, s in sim_summaries:
+        if sc == "engine-death":
+            chk.check("engine-death: every request got a 500 (the first killed the engine)",
+                      s["requests"] > 10 and s["errors_by_status"] == {"500": s["requests"]} and s["unfinished"] == 0,
+                      f"requests {s['requests']}, errors {s['errors_by_status']}, unfinished {s['unfinished']}")
+        else:
+            chk.check(f"loadgen {sc} on {m} (straight at vllm-sim): no error",
+                      not s["errors_by_status"] and s["unfinished"] == 0, f"errors {s['errors_by_status']}")
+    status, _ = http_get(f"http://{dead_addr}/health")
+    chk.check("engine-death: the simulator's /health answers 503", status == 503, f"status {status}")
 
     # --- metrics agree with the events ------------------------------------------------
     time.sleep(11)  # two scrapes after the last event
@@ -995,6 +1067,20 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
         n = sum(1 for e in evs if e["model"] == m)
         chk.check(f"vllm:request_success_total{{model_name={m}}} = gateway events (no retries, no loss)",
                   got.get(m) == n, f"vllm {got.get(m)}, events {n}")
+    # The dead engine finished only the quiet requests; its 500s are HTTP 5xx, never
+    # finished_reason="error".
+    quiet_dead = sum(s["requests"] for _, sc, s in sim_summaries if sc == "steady")
+    death = next((s for _, sc, s in sim_summaries if sc == "engine-death"), None)
+    chk.check(f"vllm:request_success_total{{model_name={DEAD}}} counts only the requests before the death",
+              got.get(DEAD) == quiet_dead, f"vllm {got.get(DEAD)}, quiet requests {quiet_dead}")
+    errs = prom_query(prom_addr, f'sum(vllm:request_success_total{{model_name="{DEAD}", finished_reason="error"}})')
+    chk.check(f"engine death is not finished_reason=\"error\" ({DEAD})",
+              bool(errs) and round(float(errs[0]["value"][1])) == 0, f"{errs}")
+    h5 = prom_query(prom_addr, f'sum(http_requests_total{{instance="{dead_addr}", status="5xx"}})')
+    n5 = round(float(h5[0]["value"][1])) if h5 else None
+    chk.check("engine death: http_requests_total{status=\"5xx\"} = loadgen's 500s",
+              death is not None and n5 == death["errors_by_status"].get("500"),
+              f"metric {n5}, loadgen {death and death['errors_by_status']}")
     sent = prom_query(prom_addr, "sum(log_shipper_entries_sent_total)")
     n_sent = round(float(sent[0]["value"][1])) if sent else None
     chk.check("log_shipper_entries_sent_total = events", n_sent == len(evs), f"metric {n_sent}, events {len(evs)}")
@@ -1013,7 +1099,7 @@ def run(chk: Checks, workdir: Path, procs: Procs) -> None:
     chk.check("llm-gateway exits 0 on SIGTERM", code == 0, f"exit {code}", why=gw.stderr_text()[-500:])
     chk.check("no event written at shutdown (every request already had its one event)", n_events() == n_before,
               f"{n_before} -> {n_events()}")
-    for p in (shipper, sim, receiver):
+    for p in (shipper, sim, dead_sim, receiver):
         code = p.stop()
         chk.check(f"{p.name} exits 0 on SIGTERM", code == 0, f"exit {code}", why=p.stderr_text()[-500:])
     procs.stop_all()

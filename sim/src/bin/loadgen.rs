@@ -11,7 +11,8 @@ use sim::loadgen::{self, Endpoint, Options, Scenario};
 ///
 /// Scenario defaults: steady = open loop 20 req/s for 30 s; latency-spike = 50 workers,
 /// 180 s, max_tokens 2048; kv-cache = 10 requests of ~3000 prompt tokens, 5 workers;
-/// refusal-storm / error-storm = 10 workers, 60 s, half the requests forced to refuse / fail.
+/// refusal-storm / error-storm = 10 workers, 60 s, half the requests forced to refuse / fail;
+/// engine-death = open loop 2 req/s for 60 s, the first request kills the engine (vllm-sim).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
 struct Cli {

@@ -2,7 +2,7 @@
 //!
 //! - closed-loop scenarios (`latency-spike`, `kv-cache`, `refusal-storm`, `error-storm`):
 //!   `concurrency` workers each send one request after another;
-//! - open-loop `steady`: requests are scheduled at a fixed rate whatever the answers, and
+//! - open-loop `steady` and `engine-death` (its first request kills the engine): requests are scheduled at a fixed rate whatever the answers, and
 //!   latency is measured from the *scheduled* time, so a slow server cannot hide its
 //!   queueing (no coordinated omission). Each scheduled time gets a random offset below
 //!   1 ms, so millisecond timer ticks do not phase-lock with the schedule.
@@ -40,6 +40,9 @@ pub enum Scenario {
     RefusalStorm,
     /// A share of requests forces upstream errors (`x-sim-behavior: error`).
     ErrorStorm,
+    /// The first request kills the engine (`x-sim-behavior: engine-death`); the traffic
+    /// that follows meets a dead engine (bare 500s from vllm-sim, `/health` 503).
+    EngineDeath,
 }
 
 /// Which endpoint to call.
@@ -80,6 +83,7 @@ impl Scenario {
             Scenario::KvCache => "kv-cache",
             Scenario::RefusalStorm => "refusal-storm",
             Scenario::ErrorStorm => "error-storm",
+            Scenario::EngineDeath => "engine-death",
         }
     }
 
@@ -132,11 +136,22 @@ impl Scenario {
                 prompt_tokens: 50,
                 share: 0.5,
             },
+            Scenario::EngineDeath => Defaults {
+                concurrency: 16,
+                duration_secs: 60,
+                requests: None,
+                rate: Some(2.0),
+                max_tokens: 64,
+                prompt_tokens: 50,
+                share: 0.0,
+            },
         }
     }
 
     fn open_loop(self) -> bool {
-        self == Scenario::Steady
+        // engine-death is open loop: a dead engine answers at once, a closed loop would
+        // spin as fast as the machine allows.
+        matches!(self, Scenario::Steady | Scenario::EngineDeath)
     }
 }
 
@@ -266,6 +281,10 @@ fn templates(opts: &Options, model: &str) -> (Vec<Template>, Vec<Template>) {
                 header: Some(("x-sim-behavior", "error")),
             })
             .collect(),
+        Scenario::EngineDeath => vec![Template {
+            body: request_body(opts, model, &filler_prompt(200, filler_words)),
+            header: Some(("x-sim-behavior", "engine-death")),
+        }],
         _ => Vec::new(),
     };
     (normal, special)
@@ -310,7 +329,12 @@ impl Shared {
 
 /// Send request number `i`, timing from `start`.
 async fn one(sh: &Shared, i: u64, start: Instant) -> Sample {
-    let special = is_special(i, sh.opts.share) && !sh.special.is_empty();
+    // engine-death: only the very first request is the poisoned one.
+    let special = if sh.opts.scenario == Scenario::EngineDeath {
+        i == 0
+    } else {
+        is_special(i, sh.opts.share)
+    } && !sh.special.is_empty();
     let pool = if special { &sh.special } else { &sh.normal };
     let t = &pool[usize::try_from(i).unwrap_or(0) % pool.len()];
     let mut rb = sh
