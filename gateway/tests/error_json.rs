@@ -25,8 +25,9 @@ async fn rejected_input_gets_openai_errors() {
             "invalid_request",
         ),
         (
-            "no-model",
-            c.post(gw.chat_url()).json(&json!({"messages": []})),
+            "model-not-a-string",
+            c.post(gw.chat_url())
+                .json(&json!({"model": 5, "messages": []})),
             400,
             "invalid_request",
         ),
@@ -53,13 +54,14 @@ async fn rejected_input_gets_openai_errors() {
             413,
             "request_too_large",
         ),
+        // Unknown routes are relayed: the upstream's 404, not a model_not_found.
         (
             "unknown-route",
             c.post(format!("{}/v1/nope", gw.url)),
             404,
-            "model_not_found",
+            "upstream_error",
         ),
-        ("get-chat", c.get(gw.chat_url()), 400, "invalid_request"),
+        ("get-chat", c.get(gw.chat_url()), 405, "method_not_allowed"),
     ];
     for (id, req, status, error_type) in cases {
         let resp = req.header("x-request-id", id).send().await.unwrap();
@@ -175,7 +177,12 @@ async fn upstream_error_shapes_are_relayed_and_normalised() {
             assert_eq!(err["type"], typ, "{id}");
             let ev = gw.event_for(&id).await;
             assert_eq!(ev["status"], status);
-            assert_eq!(ev["error_type"], "upstream_error");
+            let want = if status == 401 {
+                "upstream_auth"
+            } else {
+                "upstream_error"
+            };
+            assert_eq!(ev["error_type"], want, "{id}");
         }
     }
 }

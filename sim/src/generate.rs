@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::engine::{Engine, Running};
 use crate::metrics::{self, Finish, FinishedRequest, Histogram, ModelMetrics};
+use crate::responses::{ResponsesMeta, ResponsesWriter};
 use crate::wire::{self, ChunkWriter, Kind, Usage};
 
 /// One choice to generate: its tokens (decided up front) and finish reason.
@@ -39,6 +40,14 @@ pub(crate) struct Plan {
     pub(crate) tokens_per_second: f64,
     pub(crate) midstream_error: bool,
     pub(crate) params_max_tokens: u32,
+    /// `Some`: a `/v1/responses` request (its events instead of chat chunks).
+    pub(crate) responses: Option<ResponsesMeta>,
+}
+
+/// Writes a stream: chat / completion chunks, or Responses API events.
+enum Writer {
+    Chunks(ChunkWriter),
+    Responses(ResponsesWriter),
 }
 
 pub(crate) fn total_tokens(plan: &Plan) -> u32 {
@@ -156,9 +165,15 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
             .await?;
     }
     let first = Instant::now();
-    let writer = out
-        .sse
-        .then(|| ChunkWriter::new(plan.kind, &plan.id, plan.created, &plan.model));
+    let mut writer = out.sse.then(|| match &plan.responses {
+        Some(meta) => Writer::Responses(ResponsesWriter::new(meta.clone())),
+        None => Writer::Chunks(ChunkWriter::new(
+            plan.kind,
+            &plan.id,
+            plan.created,
+            &plan.model,
+        )),
+    });
     let k = tokens_per_step(plan.tokens_per_second);
     let interval = if plan.tokens_per_second > 0.0 {
         Duration::from_secs_f64(k as f64 / plan.tokens_per_second)
@@ -178,7 +193,10 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
     let mut last_step = first;
     let mut text = String::new();
 
-    if let Some(w) = &writer
+    if let Some(Writer::Responses(w)) = &mut writer {
+        w.start(&mut out.buf);
+    }
+    if let Some(Writer::Chunks(w)) = &writer
         && plan.kind == Kind::Chat
     {
         for c in &plan.choices {
@@ -200,10 +218,17 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
             last_step = now;
         }
         if error_step == Some(step) {
-            if out.sse {
-                out.buf.extend_from_slice(wire::MIDSTREAM_ERROR);
-                out.buf.extend_from_slice(wire::DONE);
-                out.flush().await?;
+            match &mut writer {
+                Some(Writer::Responses(w)) => {
+                    w.error(&mut out.buf);
+                    out.flush().await?;
+                }
+                Some(Writer::Chunks(_)) => {
+                    out.buf.extend_from_slice(wire::MIDSTREAM_ERROR);
+                    out.buf.extend_from_slice(wire::DONE);
+                    out.flush().await?;
+                }
+                None => {}
             }
             engine.metrics.add_error();
             tracker.done = true;
@@ -230,14 +255,15 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
             }
             done_tokens[ci] += u32::try_from(end - start).unwrap_or(0);
             let finish = (end == len).then(|| c.finish.as_str());
-            match &writer {
-                Some(w) => {
+            match &mut writer {
+                Some(Writer::Chunks(w)) => {
                     let usage = plan.continuous_usage.then_some(Usage {
                         prompt: plan.prompt_tokens,
                         completion: done_tokens[ci],
                     });
                     w.content(&mut out.buf, c.index, &text, finish, usage);
                 }
+                Some(Writer::Responses(w)) => w.delta(&mut out.buf, &text, finish),
                 None => out.texts[ci].push_str(&text),
             }
         }
@@ -247,18 +273,24 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
         out.flush().await?;
     }
     let completion = total_tokens(plan);
-    if let Some(w) = &writer {
-        if plan.include_usage {
-            w.usage(
-                &mut out.buf,
-                Usage {
-                    prompt: plan.prompt_tokens,
-                    completion,
-                },
-            );
+    let usage = Usage {
+        prompt: plan.prompt_tokens,
+        completion,
+    };
+    match &mut writer {
+        Some(Writer::Chunks(w)) => {
+            if plan.include_usage {
+                w.usage(&mut out.buf, usage);
+            }
+            out.buf.extend_from_slice(wire::DONE);
+            out.flush().await?;
         }
-        out.buf.extend_from_slice(wire::DONE);
-        out.flush().await?;
+        Some(Writer::Responses(w)) => {
+            // The Responses API always reports usage and ends without [DONE].
+            w.completed(&mut out.buf, usage);
+            out.flush().await?;
+        }
+        None => {}
     }
     let end = Instant::now();
     drop(running);

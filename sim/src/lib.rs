@@ -13,6 +13,8 @@ pub mod engine;
 mod generate;
 pub mod loadgen;
 pub mod metrics;
+mod pooling;
+mod responses;
 pub mod server;
 pub mod text;
 pub mod wire;

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::engine::Engine;
 use crate::generate::{Aborted, ChoicePlan, Out, Plan, run, total_tokens};
 use crate::metrics::{self, Finish, ModelMetrics};
+use crate::responses::ResponsesMeta;
 use crate::text;
 use crate::wire::{self, FinalChoice, Kind, Usage};
 
@@ -135,6 +136,24 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
+        .route("/v1/responses", post(responses_api))
+        .route("/tokenize", post(crate::pooling::tokenize))
+        .route("/detokenize", post(crate::pooling::detokenize))
+        .route("/v1/rerank", post(crate::pooling::rerank))
+        .route("/rerank", post(crate::pooling::rerank))
+        .route("/v2/rerank", post(crate::pooling::rerank))
+        .route("/v1/score", post(crate::pooling::score))
+        .route("/score", post(crate::pooling::score))
+        .route("/pooling", post(crate::pooling::pooling))
+        .route("/classify", post(crate::pooling::classify))
+        .route(
+            "/v1/audio/transcriptions",
+            post(crate::pooling::transcription),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(crate::pooling::transcription),
+        )
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
@@ -306,6 +325,19 @@ struct GenRequest {
     n: Option<u32>,
     #[serde(default)]
     seed: Option<u64>,
+    /// Responses API: the input (a string or a list of items).
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    /// Responses API.
+    #[serde(default)]
+    instructions: Option<String>,
+    /// Responses API.
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
 }
 
 /// Per-request behaviours forced by `x-sim-behavior` (or drawn from the ratios).
@@ -397,18 +429,29 @@ pub(crate) fn completion_prompts(
 }
 
 async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    generate(sim, Kind::Chat, headers, body).await
+    generate(sim, Kind::Chat, false, headers, body).await
 }
 
 async fn completions(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    generate(sim, Kind::Completion, headers, body).await
+    generate(sim, Kind::Completion, false, headers, body).await
+}
+
+/// `POST /v1/responses`: generated like a chat answer, written as the Responses API.
+async fn responses_api(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(sim, Kind::Chat, true, headers, body).await
 }
 
 pub(crate) fn bad_request(msg: &str) -> Response {
     vllm_error(StatusCode::BAD_REQUEST, msg, "BadRequestError", None)
 }
 
-async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) -> Response {
+async fn generate(
+    sim: Arc<Sim>,
+    kind: Kind,
+    responses: bool,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrival = Instant::now();
     // FastAPI request validation failures (bad JSON, wrong types) → 400 "Bad Request".
     let req: GenRequest = match serde_json::from_slice(&body) {
@@ -428,7 +471,7 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
         return vllm_error(StatusCode::NOT_FOUND, &msg, "NotFoundError", Some("model"));
     };
     let stream = req.stream.unwrap_or(false);
-    if req.stream_options.is_some() && !stream {
+    if req.stream_options.is_some() && !stream && !responses {
         return vllm_error(
             StatusCode::BAD_REQUEST,
             "Stream options can only be defined when `stream=True`.",
@@ -440,12 +483,42 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
     if n == 0 || n > 128 {
         return bad_request(&format!("n must be between 1 and 128, got {n}."));
     }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    let max_tokens = if responses {
+        req.max_output_tokens
+    } else {
+        req.max_completion_tokens.or(req.max_tokens)
+    };
     if max_tokens == Some(0) {
         return bad_request("max_tokens must be at least 1, got 0.");
     }
     let seed = cfg.seed ^ req.seed.map_or(0, text::mix64);
     let prompts = match kind {
+        Kind::Chat if responses => {
+            let Some(input) = &req.input else {
+                return vllm_error(
+                    StatusCode::BAD_REQUEST,
+                    "Field required: input",
+                    "Bad Request",
+                    None,
+                );
+            };
+            let mut all = req.instructions.clone().unwrap_or_default();
+            match input {
+                serde_json::Value::String(s) => all.push_str(s),
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        if let Some(c) = item.get("content") {
+                            content_text(c, &mut all);
+                        }
+                    }
+                }
+                _ => return bad_request("input must be a string or a list of input items"),
+            }
+            vec![Prompt {
+                hash: text::hash_bytes(seed, all.as_bytes()),
+                tokens: text::CHAT_PROMPT_OVERHEAD.saturating_add(text::estimate_tokens(&all)),
+            }]
+        }
         Kind::Chat => {
             let Some(messages) = &req.messages else {
                 return vllm_error(
@@ -602,6 +675,16 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
         }
         None => (false, false),
     };
+    let params_max_tokens = max_tokens.unwrap_or(limit.saturating_sub(longest_prompt));
+    let responses = responses.then(|| ResponsesMeta {
+        id: format!("resp_{base_id}"),
+        created_at: unix_now(),
+        model: model.clone(),
+        instructions: req.instructions.clone(),
+        max_output_tokens: params_max_tokens,
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+    });
     let plan = Plan {
         kind,
         id,
@@ -620,7 +703,8 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
             0.0
         },
         midstream_error: b.error_midstream,
-        params_max_tokens: max_tokens.unwrap_or(limit.saturating_sub(longest_prompt)),
+        params_max_tokens,
+        responses,
     };
     let instant = plan.prefill.is_zero() && plan.tokens_per_second == 0.0;
 
@@ -633,6 +717,29 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
                 "InternalServerError",
                 None,
             ),
+            Ok(()) if plan.responses.is_some() => {
+                let usage = Usage {
+                    prompt: plan.prompt_tokens,
+                    completion: total_tokens(&plan),
+                };
+                let status = match plan.choices.first().map(|c| c.finish) {
+                    Some(Finish::Length) => "incomplete",
+                    _ => "completed",
+                };
+                let mut body = Vec::with_capacity(1024);
+                if let Some(meta) = &plan.responses {
+                    let msg_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+                    let text = out.texts.first().map_or("", String::as_str);
+                    crate::responses::write_response(
+                        &mut body,
+                        meta,
+                        status,
+                        Some(crate::responses::Message { id: &msg_id, text }),
+                        Some(usage),
+                    );
+                }
+                json_response(StatusCode::OK, body)
+            }
             Ok(()) => {
                 let finals: Vec<FinalChoice> = plan
                     .choices
