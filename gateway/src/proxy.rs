@@ -560,7 +560,11 @@ async fn serve(
     mut guard: EventGuard,
 ) -> Response {
     let route = target.route;
-    if !route.methods.is_empty() && !route.methods.contains(&target.method) {
+    // HEAD is served wherever GET is (Starlette adds it to GET routes).
+    let method_ok = route.methods.is_empty()
+        || route.methods.contains(&target.method)
+        || (target.method == Method::HEAD && route.methods.contains(&Method::GET));
+    if !method_ok {
         return reject(
             guard,
             GatewayError::MethodNotAllowed {
@@ -575,7 +579,9 @@ async fn serve(
     let started = Instant::from_std(guard.started());
     let limits = BodyLimits::from_config(&state.cfg);
     let api = route.api;
-    let (parsed, up_body) = if api.json_request() {
+    // A request without a body (a GET, most often) is sent without one.
+    let no_body = http_body::Body::is_end_stream(&body);
+    let (parsed, up_body) = if api.json_request() || no_body {
         let body = match read_body(body, &headers, limits, started).await {
             Ok(b) => b,
             Err(BodyError::Reject(e)) => return reject(guard, e),
@@ -585,9 +591,10 @@ async fn serve(
                 return StatusCode::BAD_REQUEST.into_response();
             }
         };
-        if target.method == Method::GET && body.is_empty() {
+        let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE);
+        if body.is_empty() && (!api.json_request() || bodiless) {
             let parsed = Parsed {
-                model: None,
+                model: model_of_path(api, &target),
                 stream: false,
                 prompt_bytes: 0,
                 body: Bytes::new(),
@@ -613,17 +620,8 @@ async fn serve(
                 return StatusCode::BAD_REQUEST.into_response();
             }
         };
-        let mut model = upload.model;
-        if api == Api::ModelInfo {
-            model = target
-                .path_and_query
-                .split('?')
-                .next()
-                .and_then(|p| p.strip_prefix("/v1/models/"))
-                .map(str::to_owned);
-        }
         let parsed = Parsed {
-            model,
+            model: model_of_path(api, &target).or(upload.model),
             stream: upload.stream,
             prompt_bytes: 0,
             body: Bytes::new(),
@@ -646,6 +644,19 @@ async fn serve(
     let pool = state.upstreams.pools[pool_idx].clone();
     guard.upstream = Some(pool.name.clone());
     forward(state, target, pool, headers, parsed, up_body, guard).await
+}
+
+/// `GET /v1/models/{id}` names its model in the path.
+fn model_of_path(api: Api, target: &Target) -> Option<String> {
+    if api != Api::ModelInfo {
+        return None;
+    }
+    target
+        .path_and_query
+        .split('?')
+        .next()
+        .and_then(|p| p.strip_prefix("/v1/models/"))
+        .map(str::to_owned)
 }
 
 /// A streamed upload: its body for reqwest, what was found in its prefix,
@@ -833,7 +844,8 @@ async fn send_with_retry(
             .headers(upstream_headers(headers, &guard.request_id, pool, has_body));
         match body {
             UpBody::Whole(b) => {
-                if !b.is_empty() || target.method != Method::GET {
+                let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE);
+                if !b.is_empty() || !bodiless {
                     req = req.body(b.clone());
                 }
             }
