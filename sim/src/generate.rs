@@ -4,6 +4,7 @@
 //! A client disconnect ends the loop at the next await (the channel closes, or the
 //! handler future is dropped); [`AbortTracker`] then records the abort like vLLM V1 does.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,17 @@ use crate::wire::{self, ChunkWriter, Kind, Usage};
 /// One choice to generate: its tokens (decided up front) and finish reason.
 pub(crate) struct ChoicePlan {
     pub(crate) index: u32,
-    pub(crate) tokens: Vec<&'static str>,
+    pub(crate) tokens: Vec<Cow<'static, str>>,
+    /// The engine's finish (metrics).
     pub(crate) finish: Finish,
+    /// The API's `finish_reason` (`tool_calls` for a tool call).
+    pub(crate) api_finish: &'static str,
+    /// A tool call `(id, function name)`: the tokens are its arguments.
+    pub(crate) tool: Option<(String, String)>,
+    /// The stop string that ended the text.
+    pub(crate) stop_reason: Option<String>,
+    /// Seed of this choice's logprobs.
+    pub(crate) lp_seed: u64,
 }
 
 /// Everything decided about a request before generation starts.
@@ -42,6 +52,8 @@ pub(crate) struct Plan {
     pub(crate) params_max_tokens: u32,
     /// `Some`: a `/v1/responses` request (its events instead of chat chunks).
     pub(crate) responses: Option<ResponsesMeta>,
+    /// Chat `logprobs: true`: the number of `top_logprobs`.
+    pub(crate) logprobs: Option<u32>,
 }
 
 /// Writes a stream: chat / completion chunks, or Responses API events.
@@ -254,14 +266,23 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
                 text.push_str(t);
             }
             done_tokens[ci] += u32::try_from(end - start).unwrap_or(0);
-            let finish = (end == len).then(|| c.finish.as_str());
+            let finish = (end == len).then_some(c.api_finish);
             match &mut writer {
                 Some(Writer::Chunks(w)) => {
                     let usage = plan.continuous_usage.then_some(Usage {
                         prompt: plan.prompt_tokens,
                         completion: done_tokens[ci],
                     });
-                    w.content(&mut out.buf, c.index, &text, finish, usage);
+                    let lp = plan
+                        .logprobs
+                        .map(|top| wire::chat_logprobs(&c.tokens[start..end], top, c.lp_seed));
+                    let extra = wire::Extra {
+                        logprobs: lp.as_deref(),
+                        stop_reason: c.stop_reason.as_deref(),
+                        tool: c.tool.as_ref().map(|(id, n)| (id.as_str(), n.as_str())),
+                        first: start == 0,
+                    };
+                    w.content_ex(&mut out.buf, c.index, &text, finish, usage, extra);
                 }
                 Some(Writer::Responses(w)) => w.delta(&mut out.buf, &text, finish),
                 None => out.texts[ci].push_str(&text),

@@ -10,6 +10,7 @@
 
 mod embeddings;
 pub mod engine;
+mod features;
 mod generate;
 pub mod loadgen;
 pub mod metrics;

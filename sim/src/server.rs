@@ -3,6 +3,7 @@
 //! Each served model is its own simulated engine ([`crate::engine::Engine`]) with its own
 //! scheduler and metric series, as if several vLLM instances shared one port.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::Engine;
+use crate::features;
 use crate::generate::{Aborted, ChoicePlan, Out, Plan, run, total_tokens};
 use crate::metrics::{self, Finish, ModelMetrics};
 use crate::responses::ResponsesMeta;
@@ -338,6 +340,19 @@ struct GenRequest {
     temperature: Option<f64>,
     #[serde(default)]
     top_p: Option<f64>,
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    /// Chat: `true` for logprobs (then `top_logprobs` alternatives).
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    stop: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
 }
 
 /// Per-request behaviours forced by `x-sim-behavior` (or drawn from the ratios).
@@ -613,6 +628,19 @@ async fn generate(
     }
 
     // Output plan.
+    let tool_call = if kind == Kind::Chat && !responses {
+        features::tool_call(req.tools.as_deref(), req.tool_choice.as_ref())
+    } else {
+        None
+    };
+    let json_output = features::json_format(req.response_format.as_ref());
+    let stops = features::stop_strings(req.stop.as_ref());
+    let logprobs = match kind {
+        Kind::Chat if !responses && req.logprobs == Some(true) => {
+            Some(req.top_logprobs.unwrap_or(0))
+        }
+        _ => None,
+    };
     let target =
         header_parse::<u32>(&headers, "x-sim-output-tokens").unwrap_or(cfg.max_tokens_default);
     let mut choices = Vec::with_capacity(prompts.len() * n as usize);
@@ -623,33 +651,58 @@ async fn generate(
                 .saturating_mul(n)
                 .saturating_add(i);
             let h = text::mix64(p.hash ^ u64::from(i).wrapping_mul(0x9E37));
-            let mut tokens = Vec::new();
-            if b.refuse {
-                text::split_tokens(text::refusal_text(h), &mut tokens);
+            let mut words = Vec::new();
+            let mut tool = None;
+            let mut tokens: Vec<Cow<'static, str>> = if b.refuse {
+                text::split_tokens(text::refusal_text(h), &mut words);
+                words.into_iter().map(Cow::Borrowed).collect()
+            } else if let Some((name, schema)) = &tool_call {
+                // `tool_choice` required / named: the output is the call's arguments.
+                tool = Some((
+                    format!("chatcmpl-tool-{:016x}{:016x}", h, text::mix64(h)),
+                    name.clone(),
+                ));
+                features::pieces(&features::json_for_schema(schema.as_ref(), h))
+            } else if let Some(schema) = &json_output {
+                features::pieces(&features::json_for_schema(Some(schema), h))
             } else {
-                text::word_tokens(h, target as usize, &mut tokens);
+                text::word_tokens(h, target as usize, &mut words);
                 if kind == Kind::Chat
-                    && let Some(first) = tokens.first_mut()
+                    && let Some(first) = words.first_mut()
                 {
                     *first = first.trim_start();
                 }
-            }
+                words.into_iter().map(Cow::Borrowed).collect()
+            };
             let want = tokens.len();
             let mut finish = if b.length {
                 Finish::Length
             } else {
                 Finish::Stop
             };
+            let mut stop_reason = None;
+            if tool.is_none() {
+                stop_reason = features::apply_stop(&mut tokens, &stops);
+            }
             if let Some(m) = max_tokens
-                && (m as usize) < want
+                && (m as usize) < tokens.len().min(want)
             {
                 tokens.truncate(m as usize);
                 finish = Finish::Length;
+                stop_reason = None;
             }
+            let api_finish = match (finish, &tool) {
+                (Finish::Stop, Some(_)) => "tool_calls",
+                (f, _) => f.as_str(),
+            };
             choices.push(ChoicePlan {
                 index,
                 tokens,
                 finish,
+                api_finish,
+                tool,
+                stop_reason,
+                lp_seed: h,
             });
         }
     }
@@ -705,6 +758,7 @@ async fn generate(
         midstream_error: b.error_midstream,
         params_max_tokens,
         responses,
+        logprobs,
     };
     let instant = plan.prefill.is_zero() && plan.tokens_per_second == 0.0;
 
@@ -748,7 +802,12 @@ async fn generate(
                     .map(|(c, text)| FinalChoice {
                         index: c.index,
                         text,
-                        finish_reason: c.finish.as_str(),
+                        finish_reason: c.api_finish,
+                        logprobs: plan
+                            .logprobs
+                            .map(|top| wire::chat_logprobs(&c.tokens, top, c.lp_seed)),
+                        stop_reason: c.stop_reason.clone(),
+                        tool: c.tool.clone(),
                     })
                     .collect();
                 let usage = Usage {

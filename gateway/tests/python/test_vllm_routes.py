@@ -366,3 +366,74 @@ def test_upstream_key_from_flag_and_401_relayed():
             assert ev["status"] == 401 and ev["error_type"] == "upstream_auth"
         finally:
             stop(good, bad, sim)
+
+
+# --- Chat features: tools, logprobs, n > 1, JSON output, stop ------------------------------
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city"]}}}]
+
+FEATURES = [
+    ("tools", dict(tools=TOOLS, tool_choice="required")),
+    ("named-tool", dict(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})),
+    ("logprobs", dict(logprobs=True, top_logprobs=2)),
+    ("n3", dict(n=3)),
+    ("json", dict(response_format={"type": "json_object"})),
+    ("stop", None),  # a word of the unstopped answer, see below
+]
+
+
+@pytest.mark.parametrize("name,extra", FEATURES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_features_equal_direct(stack, name, extra, stream):
+    rid = f"py-feat-{name}-{stream}"
+    messages = [{"role": "user", "content": f"feature {name}"}]
+    if name == "stop":
+        plain = stack["direct"].chat.completions.create(model=MODEL, messages=messages)
+        word = " " + plain.choices[0].message.content.split()[3]
+        extra = dict(stop=["never-there", word])
+    kwargs = dict(model=MODEL, messages=messages, **extra)
+    if stream:
+        kwargs["stream"] = True
+        with stack["via"].chat.completions.with_streaming_response.create(
+                **kwargs, extra_headers={"x-request-id": rid}) as r:
+            via = b"".join(r.iter_bytes())
+        with stack["direct"].chat.completions.with_streaming_response.create(
+                **kwargs, extra_headers={"x-request-id": rid}) as r:
+            direct = b"".join(r.iter_bytes())
+        same_bytes(via, direct)
+        chunks = [json.loads(l[6:]) for l in via.decode().splitlines()
+                  if l.startswith("data: {")]
+        finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    else:
+        via = stack["via"].chat.completions.with_raw_response.create(**kwargs, extra_headers={"x-request-id": rid})
+        direct = stack["direct"].chat.completions.with_raw_response.create(**kwargs, extra_headers={"x-request-id": rid})
+        same_bytes(via.http_response.content, direct.http_response.content)
+        r = via.parse()
+        finals = [c.finish_reason for c in r.choices]
+        if name in ("tools", "named-tool"):
+            call = r.choices[0].message.tool_calls[0]
+            assert call.function.name == "get_weather"
+            assert json.loads(call.function.arguments)["city"]
+        if name == "logprobs":
+            lp = r.choices[0].logprobs.content
+            assert lp and len(lp[0].top_logprobs) == 2
+        if name == "json":
+            assert isinstance(json.loads(r.choices[0].message.content), dict)
+        if name == "stop":
+            word = extra["stop"][1]
+            assert word not in r.choices[0].message.content
+            assert len(r.choices[0].message.content.split()) == 3
+            assert f'"stop_reason":"{word}"'.encode() in via.http_response.content
+        if name == "n3":
+            assert [c.index for c in r.choices] == [0, 1, 2]
+    ev = event_of(stack, rid)
+    assert ev["status"] == 200 and ev["error_type"] is None
+    want = "tool_calls" if "tool" in name else "stop"
+    assert finals and all(f == want for f in finals)
+    assert ev["finish_reason"] == want
+    assert ev["completion_tokens"] > 0
+    if stream:
+        assert ev["ttft_ms"] is not None
