@@ -437,3 +437,37 @@ def test_chat_features_equal_direct(stack, name, extra, stream):
     assert ev["completion_tokens"] > 0
     if stream:
         assert ev["ttft_ms"] is not None
+
+
+# --- The official Node SDK ----------------------------------------------------------------
+
+NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "node"
+
+
+def test_node_sdk_abort_responses_and_bytes(stack):
+    """gateway/tests/node/sdk.mjs (npm `openai`, installed by scripts/test.sh setup)."""
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        pytest.fail(f"npm packages missing: run `npm ci --prefix {NODE_DIR}` (scripts/test.sh setup does)")
+    run = subprocess.run(["node", str(NODE_DIR / "sdk.mjs"), stack["gw"], stack["sim"], MODEL],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    # The abort: the client left after 3 chunks; its event says so and costs what was relayed.
+    assert out["abort"]["aborted"] and out["abort"]["chunks"] >= 3
+    ev = event_of(stack, "node-abort")
+    assert ev["error_type"] == "client_disconnect" and ev["status"] == 200
+    assert ev["usage_source"] == "counted" and ev["completion_tokens"] >= 3
+    assert ev["cost_usd"] > 0
+    # The Responses stream, as the SDK parsed it, and its event.
+    r = out["responses"]
+    assert r["types"][0] == "response.created" and r["types"][-1] == "response.completed"
+    assert r["text"] and r["text"] == r["final_text"]
+    ev = event_of(stack, "node-responses")
+    assert ev["route"] == "/v1/responses" and ev["completion_tokens"] == r["output_tokens"] == 12
+    # Byte equality with the direct answers (ids and timestamps aside).
+    assert out["raw"]["status"] == 200
+    same_bytes(out["raw"]["via"].encode(), out["raw"]["direct"].encode())
+    same_bytes(out["sse"]["via"].encode(), out["sse"]["direct"].encode())
+    assert "data: [DONE]" in out["sse"]["via"]
+    for rid in ("node-raw", "node-sse"):
+        assert event_of(stack, rid)["status"] == 200
