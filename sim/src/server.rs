@@ -162,6 +162,7 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/version", get(version))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&sim), auth))
+        .layer(middleware::from_fn(cors))
         .with_state(sim)
 }
 
@@ -228,6 +229,52 @@ async fn auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// CORS as vLLM sets it up: Starlette's `CORSMiddleware` with `--allowed-origins`,
+/// `--allowed-methods` and `--allowed-headers` at their defaults (`["*"]`, no credentials).
+/// A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered
+/// before routing and authentication: 200 `OK`, `Access-Control-Allow-Origin: *`, every
+/// method, the requested headers, max age 600. Other requests with an `Origin` get
+/// `Access-Control-Allow-Origin: *`.
+async fn cors(req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(header::ORIGIN) {
+        return next.run(req).await;
+    }
+    if req.method() == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut r = Response::new(Body::from("OK"));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        if let Some(v) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        }
+        return r;
+    }
+    let mut r = next.run(req).await;
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }
 
 async fn not_found() -> Response {

@@ -315,6 +315,13 @@ def test_cors_preflight_has_no_event_and_wrong_method_is_405(stack):
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "*"
         assert "POST" in r.headers["access-control-allow-methods"]
+        d = h.options(stack["sim"] + "/v1/responses", headers={
+            "origin": "http://app.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type"})
+        assert d.status_code == r.status_code and d.text == r.text
+        for k in ("access-control-allow-origin", "access-control-allow-methods",
+                  "access-control-max-age", "access-control-allow-headers"):
+            assert r.headers[k] == d.headers[k], k
         r = h.get(stack["gw"] + "/v1/chat/completions", headers={"x-request-id": "py-405"})
         assert r.status_code == 405
         assert r.headers["allow"] == "POST, OPTIONS"
