@@ -151,6 +151,13 @@ struct ResponseView<'a> {
     /// Responses API events are numbered from 0.
     #[serde(default)]
     sequence_number: Option<u64>,
+    /// `/v1/messages` body: why the message ended (read only on that body).
+    #[serde(borrow, default)]
+    stop_reason: Option<&'a serde_json::value::RawValue>,
+    /// `/v1/messages` body: its content blocks (`{"type":"text","text":..}`; read
+    /// only on that body, so another route's `content` of any type parses).
+    #[serde(borrow, default)]
+    content: Option<&'a serde_json::value::RawValue>,
 }
 
 /// The finish reason of a Responses API response: `status` and
@@ -227,7 +234,7 @@ impl Summary {
     fn absorb(&mut self, mut view: ResponseView<'_>, scan_limit: usize) -> bool {
         let mut content = false;
         if let Some(u) = view.usage {
-            self.usage = Some(u);
+            self.merge_usage(u);
         }
         if self.model.is_none()
             && let Some(m) = &view.model
@@ -332,8 +339,101 @@ impl Summary {
 }
 
 impl Summary {
+    /// New usage; a count it leaves out is kept (`/v1/messages` streams send the input
+    /// tokens in `message_start`, the output tokens in `message_delta`).
+    fn merge_usage(&mut self, u: Usage) {
+        let old = self.usage.unwrap_or_default();
+        self.usage = Some(Usage {
+            prompt_tokens: u.prompt_tokens.or(old.prompt_tokens),
+            completion_tokens: u.completion_tokens.or(old.completion_tokens),
+        });
+    }
+
+    /// Anthropic `stop_reason` (`/v1/messages`) as a finish reason.
+    fn messages_stop_reason(&mut self, reason: &str) {
+        let fr = match reason {
+            "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+            "max_tokens" | "model_context_window_exceeded" => "length",
+            "tool_use" => "tool_calls",
+            "refusal" => {
+                self.upstream_refusal = true;
+                self.content_filter = true;
+                "content_filter"
+            }
+            other => other,
+        };
+        self.finish_reason = Some(fr.to_owned());
+    }
+
     /// One Responses API (or `/v1/messages`) stream event by its `type`.
     fn absorb_event(&mut self, typ: &str, view: &ResponseView<'_>, scan_limit: usize) -> bool {
+        // Anthropic Messages API (vLLM `/v1/messages`): message_start (usage.input_tokens),
+        // content_block_delta (text), message_delta (stop_reason, usage.output_tokens),
+        // message_stop (the end; no [DONE]); a non-stream body has type "message".
+        match typ {
+            "message_stop" => {
+                self.done = true;
+                return false;
+            }
+            "message_start" => {
+                if let Some(serde_json::Value::Object(m)) = &view.message {
+                    if let Some(u) = m.get("usage")
+                        && let Ok(u) = serde_json::from_value::<Usage>(u.clone())
+                    {
+                        self.merge_usage(u);
+                    }
+                    if self.model.is_none()
+                        && let Some(model) = m.get("model").and_then(|v| v.as_str())
+                    {
+                        self.model = Some(model.chars().take(256).collect());
+                    }
+                }
+                return false;
+            }
+            "message_delta" => {
+                #[derive(Deserialize)]
+                struct StopDelta<'b> {
+                    #[serde(borrow, default)]
+                    stop_reason: Option<Cow<'b, str>>,
+                }
+                if let Some(d) = view.delta
+                    && let Ok(d) = serde_json::from_str::<StopDelta<'_>>(d.get())
+                    && let Some(r) = d.stop_reason
+                {
+                    self.messages_stop_reason(&r);
+                }
+                return false;
+            }
+            "message" => {
+                if let Some(r) = view.stop_reason
+                    && let Ok(r) = serde_json::from_str::<String>(r.get())
+                {
+                    self.messages_stop_reason(&r);
+                }
+                let parts: Vec<OutputPart<'_>> = view
+                    .content
+                    .and_then(|c| serde_json::from_str(c.get()).ok())
+                    .unwrap_or_default();
+                let mut content = false;
+                for part in &parts {
+                    if part.typ.as_deref() == Some("text")
+                        && let Some(t) = &part.text
+                        && !t.is_empty()
+                    {
+                        content = true;
+                        if self.texts.is_empty() {
+                            self.texts.push(String::new());
+                        }
+                        push_bounded(&mut self.texts[0], t, scan_limit);
+                    }
+                }
+                if content {
+                    self.output_events += 1;
+                }
+                return content;
+            }
+            _ => {}
+        }
         if typ == "error" {
             let msg = match &view.message {
                 Some(serde_json::Value::String(s)) => s.clone(),
@@ -896,6 +996,37 @@ mod tests {
         ] {
             assert_eq!(responses_finish_reason(status, reason, false), want);
         }
+    }
+
+    #[test]
+    fn messages_api_stream_and_body() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":0}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (out, r) = run(stream, false, 5);
+        assert_eq!(out, stream);
+        let s = &r.summary;
+        assert!(s.done);
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
+        assert_eq!(
+            s.usage,
+            Some(Usage {
+                prompt_tokens: Some(11),
+                completion_tokens: Some(5)
+            })
+        );
+        assert_eq!(s.texts, vec!["Hello".to_owned()]);
+        assert_eq!(s.model.as_deref(), Some("m"));
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"I can't help with that."}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":7}}"#;
+        let s = inspect_body(body, 100);
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.texts, vec!["I can't help with that.".to_owned()]);
+        assert_eq!(s.usage.unwrap().completion_tokens, Some(7));
     }
 
     #[test]
