@@ -328,19 +328,46 @@ pub async fn read_body(
     limits: BodyLimits,
     started: Instant,
 ) -> Result<Bytes, BodyError> {
-    use http_body_util::BodyExt;
-    let limit = limits.max_bytes;
+    let declared = check_declared_length(headers, limits)?;
+    let mut body = body;
+    let mut buf =
+        BytesMut::with_capacity(declared.unwrap_or(0).min(limits.max_bytes as u64) as usize);
+    while let Some(data) = next_frame(&mut body, limits, started, buf.len()).await? {
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// A declared `content-length` over the limit is refused before any byte is read.
+fn check_declared_length(
+    headers: &HeaderMap,
+    limits: BodyLimits,
+) -> Result<Option<u64>, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
+    if declared.is_some_and(|len| len > limits.max_bytes as u64) {
+        return Err(BodyError::Reject(GatewayError::BodyTooLarge {
+            limit: limits.max_bytes,
+        }));
     }
-    let mut body = body;
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    Ok(declared)
+}
+
+/// Reads the next data frame of a request body within the upload bounds
+/// (`received` bytes so far): the size limit, the whole-body timeout and the
+/// minimum rate. `None` at the end of the body. Used by [`read_body`] and by
+/// uploads streamed through ([`start_upload`]).
+async fn next_frame(
+    body: &mut Body,
+    limits: BodyLimits,
+    started: Instant,
+    received: usize,
+) -> Result<Option<Bytes>, BodyError> {
+    use http_body_util::BodyExt;
     loop {
-        let until = limits.deadline(started, buf.len());
+        let until = limits.deadline(started, received);
         let frame = match tokio::time::timeout_at(until, body.frame()).await {
             Err(_) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -351,22 +378,23 @@ pub async fn read_body(
                     )
                 } else {
                     format!(
-                        "the request body arrives too slowly ({} bytes in {secs:.1} s; at least {} bytes/s needed)",
-                        buf.len(),
+                        "the request body arrives too slowly ({received} bytes in {secs:.1} s; at least {} bytes/s needed)",
                         limits.min_bytes_per_sec
                     )
                 };
                 return Err(BodyError::Reject(GatewayError::RequestTimeout(msg)));
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(None),
             Ok(Some(Err(e))) => return Err(classify_body_error(&e)),
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
+            if received + data.len() > limits.max_bytes {
+                return Err(BodyError::Reject(GatewayError::BodyTooLarge {
+                    limit: limits.max_bytes,
+                }));
             }
-            buf.extend_from_slice(&data);
+            return Ok(Some(data));
         }
     }
 }
@@ -668,39 +696,6 @@ struct Upload {
     cut: Arc<std::sync::Mutex<Option<BodyError>>>,
 }
 
-/// Reads the next body frame within the upload bounds of [`read_body`].
-async fn next_frame(
-    body: &mut Body,
-    limits: BodyLimits,
-    started: Instant,
-    received: usize,
-) -> Result<Option<Bytes>, BodyError> {
-    use http_body_util::BodyExt;
-    loop {
-        let until = limits.deadline(started, received);
-        match tokio::time::timeout_at(until, body.frame()).await {
-            Err(_) => {
-                return Err(BodyError::Reject(GatewayError::RequestTimeout(format!(
-                    "the request body did not arrive in time ({received} bytes in {:.1} s)",
-                    started.elapsed().as_secs_f64()
-                ))));
-            }
-            Ok(None) => return Ok(None),
-            Ok(Some(Err(e))) => return Err(classify_body_error(&e)),
-            Ok(Some(Ok(f))) => {
-                if let Ok(data) = f.into_data() {
-                    if received + data.len() > limits.max_bytes {
-                        return Err(BodyError::Reject(GatewayError::BodyTooLarge {
-                            limit: limits.max_bytes,
-                        }));
-                    }
-                    return Ok(Some(data));
-                }
-            }
-        }
-    }
-}
-
 /// The value of a multipart form field, if its part is complete in `buf`.
 fn multipart_field<'a>(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let needle = format!("name=\"{name}\"");
@@ -723,15 +718,7 @@ async fn start_upload(
     started: Instant,
     multipart: bool,
 ) -> Result<Upload, BodyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_bytes as u64) {
-        return Err(BodyError::Reject(GatewayError::BodyTooLarge {
-            limit: limits.max_bytes,
-        }));
-    }
+    check_declared_length(headers, limits)?;
     let mut prefix = BytesMut::new();
     let mut eof = false;
     let mut model = None;
