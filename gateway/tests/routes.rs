@@ -180,3 +180,93 @@ async fn get_routes_keep_method_path_and_query() {
     assert!(!seen.iter().any(|s| s.path == "/version"));
     assert!(seen.iter().any(|s| s.path == "/v1/models/some-model"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_routes_share_slots_and_the_drain() {
+    let sim = start_sim(sim::SimConfig {
+        tokens_per_second: 20.0,
+        ..fast_sim()
+    })
+    .await;
+    let mut gw = Gateway::start(
+        &["--upstream", &sim.url],
+        Some("[server]\nmax_concurrent_requests = 1\nshutdown_grace_secs = 10\n"),
+    );
+    let c = client();
+    // A Responses stream holds the only slot.
+    let mut hold = c
+        .post(format!("{}/v1/responses", gw.url))
+        .header("x-request-id", "hold")
+        .header("x-sim-output-tokens", "30")
+        .json(&serde_json::json!({"model": "m", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hold.status(), 200);
+    assert!(!hold.chunk().await.unwrap().unwrap().is_empty());
+    let r = c
+        .post(format!("{}/tokenize", gw.url))
+        .header("x-request-id", "no-slot")
+        .json(&serde_json::json!({"model": "m", "prompt": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // Draining: a request on an open keep-alive connection gets 503 and its event.
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = c
+        .post(format!("{}/v1/rerank", gw.url))
+        .header("x-request-id", "draining")
+        .json(&serde_json::json!({"model": "m", "query": "q", "documents": ["a"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), hold.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("event: response.completed"));
+    let (st, gw) = tokio::task::spawn_blocking(move || {
+        let st = gw.wait_exit(Duration::from_secs(10));
+        (st, gw)
+    })
+    .await
+    .unwrap();
+    assert!(
+        st.expect("gateway did not exit").success(),
+        "{}",
+        gw.stderr()
+    );
+    let events = gw.events();
+    let by_id = |id: &str| {
+        let mine: Vec<_> = events.iter().filter(|e| e["request_id"] == id).collect();
+        assert_eq!(mine.len(), 1, "one event for {id}: {events:?}");
+        mine[0].clone()
+    };
+    let e = by_id("hold");
+    assert_eq!(
+        (e["route"].as_str(), e["finish_reason"].as_str()),
+        (Some("/v1/responses"), Some("stop"))
+    );
+    assert_eq!(e["completion_tokens"], 30);
+    let e = by_id("no-slot");
+    assert_eq!(
+        (e["status"].as_u64(), e["error_type"].as_str()),
+        (Some(429), Some("rate_limited"))
+    );
+    assert_eq!(e["route"], "/tokenize");
+    let e = by_id("draining");
+    assert_eq!(
+        (e["status"].as_u64(), e["error_type"].as_str()),
+        (Some(503), Some("shutting_down"))
+    );
+    assert_eq!(e["route"], "/v1/rerank");
+    assert_eq!(events.len(), 3, "{events:?}");
+}
