@@ -32,8 +32,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(health).post(health))
         .route("/metrics", get(metrics))
         .fallback(relayed)
-        .layer(axum::middleware::from_fn(ensure_request_id))
+        // CORS inside the request id layer: a preflight answer carries x-request-id too.
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .layer(axum::middleware::from_fn(ensure_request_id))
         .with_state(state)
 }
 

@@ -315,6 +315,7 @@ def test_cors_preflight_has_no_event_and_wrong_method_is_405(stack):
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "*"
         assert "POST" in r.headers["access-control-allow-methods"]
+        assert r.headers["x-request-id"] == "py-preflight", "every response carries x-request-id"
         d = h.options(stack["sim"] + "/v1/responses", headers={
             "origin": "http://app.example", "access-control-request-method": "POST",
             "access-control-request-headers": "authorization,content-type"})
