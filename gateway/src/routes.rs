@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// here with 200 and no event; other requests from an allowed origin get
 /// `Access-Control-Allow-Origin`. A preflight from an origin not allowed
 /// gets 400, like Starlette's ("Disallowed CORS origin"), also without event.
+/// With CORS on, the upstream's own `Access-Control-*` headers are replaced.
 async fn cors(
     State(s): State<Arc<AppState>>,
     req: Request<Body>,
@@ -95,6 +96,17 @@ async fn cors(
         return resp;
     }
     let mut resp = next.run(req).await;
+    // The gateway owns the CORS policy: an upstream's own CORS headers (vLLM
+    // allows every origin by default) are not relayed.
+    let upstream_cors: Vec<_> = resp
+        .headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for k in upstream_cors {
+        resp.headers_mut().remove(k);
+    }
     if allowed {
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_value);

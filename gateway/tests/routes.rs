@@ -270,3 +270,64 @@ async fn new_routes_share_slots_and_the_drain() {
     assert_eq!(e["route"], "/v1/rerank");
     assert_eq!(events.len(), 3, "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_with_listed_origins() {
+    let sim = start_sim(fast_sim()).await;
+    let gw = Gateway::start(
+        &["--upstream", &sim.url],
+        Some("[server]\ncors_allowed_origins = [\"https://app.example\"]\n"),
+    );
+    let c = client();
+    let preflight = |origin: &'static str, id: &'static str| {
+        c.request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", gw.url),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("x-request-id", id)
+        .send()
+    };
+    let ok = preflight("https://app.example", "pf-ok").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(ok.headers()["vary"], "Origin");
+    assert_eq!(ok.headers()["x-request-id"], "pf-ok");
+    let bad = preflight("https://evil.example", "pf-bad").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(!bad.headers().contains_key("access-control-allow-origin"));
+    // An actual request from a listed origin gets the header; from another, not.
+    let r = gw
+        .post_chat(
+            "cors-1",
+            &chat("m", false),
+            &[("origin", "https://app.example")],
+        )
+        .await;
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = gw
+        .post_chat(
+            "cors-2",
+            &chat("m", false),
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // Preflights write no event; the two requests one each.
+    gw.event_for("cors-2").await;
+    let events = gw.events();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["request_id"] != "pf-ok" && e["request_id"] != "pf-bad")
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+}
