@@ -1067,9 +1067,14 @@ async fn forward(
         return r;
     }
 
-    // Multipart and unknown routes say "stream" in ways the gateway does not
-    // parse: their SSE answers are streams.
-    let streaming = is_sse && (parsed.stream || matches!(api, Api::Multipart | Api::Other));
+    // Routes other than the OpenAI generation/embedding ones say "stream" in
+    // ways the gateway does not parse (a form field, `?stream=true` on
+    // `GET /v1/responses/{id}`, ...): their SSE answers are streams.
+    let openai_body = matches!(
+        api,
+        Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses | Api::Messages
+    );
+    let streaming = is_sse && (parsed.stream || !openai_body);
     if !streaming {
         let body =
             match read_upstream_body(&mut resp, cfg.idle_timeout, deadline, MAX_UPSTREAM_BODY, 0)

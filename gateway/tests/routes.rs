@@ -136,7 +136,10 @@ async fn streamed_upload_keeps_the_body_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_routes_keep_method_path_and_query() {
     let mock = start_mock(|s| {
-        if s.path == "/v1/responses/resp_1" {
+        if s.path == "/v1/responses/resp_2" {
+            // `GET /v1/responses/{id}?stream=true`: vLLM replays the events.
+            ([("content-type", "text/event-stream")], "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":0,\"response\":{\"object\":\"response\",\"model\":\"m\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":1,\"output_tokens\":4}}}\n\n").into_response()
+        } else if s.path == "/v1/responses/resp_1" {
             ([("content-type", "application/json")], r#"{"id":"resp_1","object":"response","model":"m","status":"completed","output":[],"usage":{"input_tokens":1,"output_tokens":2}}"#).into_response()
         } else {
             (axum::http::StatusCode::NOT_FOUND, [("content-type", "application/json")], r#"{"detail":"Not Found"}"#).into_response()
@@ -156,6 +159,25 @@ async fn get_routes_keep_method_path_and_query() {
     assert_eq!(ev["route"], "/v1/responses/{id}");
     assert_eq!(ev["model"], "m", "learnt from the answer");
     assert_eq!(ev["completion_tokens"], 2);
+    let r = c
+        .get(format!("{}/v1/responses/resp_2?stream=true", gw.url))
+        .header("x-request-id", "get-sse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("event: response.completed\n")
+    );
+    let ev = gw.event_for("get-sse").await;
+    assert_eq!(
+        ev["status"], 200,
+        "an SSE answer of a GET route is relayed as a stream"
+    );
+    assert_eq!(ev["completion_tokens"], 4);
     let r = c
         .get(format!("{}/v1/models/some-model", gw.url))
         .header("x-request-id", "get-2")
