@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what it needs first
 # (Debian: prometheus for promtool, prometheus-alertmanager for amtool; Python packages
-# into .venv; the LogQL checker's npm packages), then runs each stage and ends with
+# into .venv; the LogQL checker's and the Node SDK test's npm packages), then runs each stage and ends with
 # one summary line `total: N passed, M failed`.
 #
 #   scripts/test.sh            # everything
@@ -45,6 +45,9 @@ stage_setup() {
     log "npm ci tools/logql"
     npm ci --prefix tools/logql --no-audit --no-fund --loglevel=error >/dev/null || return 1
   fi
+  # The official openai Node SDK, driven by the python stage (gateway/tests/node/sdk.mjs).
+  log "npm ci gateway/tests/node"
+  npm ci --prefix gateway/tests/node --no-audit --no-fund --loglevel=error >/dev/null || return 1
   record setup 1 0
 }
 

@@ -28,6 +28,12 @@ pub struct Cli {
     )]
     pub upstream: Vec<String>,
 
+    /// File holding the API key sent to the `--upstream` endpoints as
+    /// `Authorization: Bearer` (vLLM `--api-key`). The key itself can come
+    /// from the env var LLM_GATEWAY_UPSTREAM_API_KEY instead.
+    #[arg(long, env = "LLM_GATEWAY_UPSTREAM_API_KEY_FILE", global = true)]
+    pub upstream_api_key_file: Option<PathBuf>,
+
     /// Where events go: `-` for stdout (default) or a file path.
     #[arg(long, env = "LLM_GATEWAY_EVENTS", global = true)]
     pub events: Option<String>,
@@ -39,6 +45,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+/// Env var holding the `--upstream` pool's API key itself.
+pub const UPSTREAM_API_KEY_ENV: &str = "LLM_GATEWAY_UPSTREAM_API_KEY";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -117,6 +117,10 @@ pub struct RawServer {
     /// Streams a client may open at once on one HTTP/2 connection.
     #[serde(default = "default_http2_max_concurrent_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// Origins allowed by CORS, like vLLM's `--allowed-origins` (default
+    /// `["*"]`, vLLM's default); `[]` turns CORS handling off.
+    #[serde(default = "default_cors_allowed_origins")]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -152,6 +156,9 @@ fn default_max_header_bytes() -> usize {
 fn default_http2_max_concurrent_streams() -> u32 {
     128
 }
+fn default_cors_allowed_origins() -> Vec<String> {
+    vec!["*".to_owned()]
+}
 
 impl Default for RawServer {
     fn default() -> Self {
@@ -168,6 +175,7 @@ impl Default for RawServer {
             body_min_bytes_per_sec: default_body_min_bytes_per_sec(),
             max_header_bytes: default_max_header_bytes(),
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            cors_allowed_origins: default_cors_allowed_origins(),
         }
     }
 }
@@ -382,6 +390,10 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstreams: Vec<String>,
     pub events: Option<String>,
+    /// File holding the API key of the `--upstream` pool.
+    pub upstream_api_key_file: Option<PathBuf>,
+    /// Environment variable holding that key.
+    pub upstream_api_key_env: Option<String>,
 }
 
 impl RawConfig {
@@ -423,6 +435,13 @@ impl RawConfig {
                     api_key_env: None,
                 });
             pool.endpoints = o.upstreams.clone();
+            if o.upstream_api_key_file.is_some() {
+                pool.api_key_file = o.upstream_api_key_file.clone();
+                pool.api_key_env = None;
+            } else if o.upstream_api_key_env.is_some() {
+                pool.api_key_env = o.upstream_api_key_env.clone();
+                pool.api_key_file = None;
+            }
             if self.routing.default_pool.is_none() {
                 self.routing.default_pool = Some(DEFAULT_POOL.to_owned());
             }
@@ -502,6 +521,7 @@ pub struct Config {
     pub body_min_bytes_per_sec: u64,
     pub max_header_bytes: usize,
     pub http2_max_concurrent_streams: u32,
+    pub cors_allowed_origins: Vec<String>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -743,6 +763,7 @@ impl RawConfig {
             body_min_bytes_per_sec: self.server.body_min_bytes_per_sec,
             max_header_bytes: self.server.max_header_bytes,
             http2_max_concurrent_streams: self.server.http2_max_concurrent_streams,
+            cors_allowed_origins: self.server.cors_allowed_origins.clone(),
             connect_timeout: ms(self.timeouts.connect_ms, "timeouts.connect_ms")?,
             first_byte_timeout: ms(self.timeouts.first_byte_ms, "timeouts.first_byte_ms")?,
             idle_timeout: ms(self.timeouts.idle_ms, "timeouts.idle_ms")?,
@@ -776,7 +797,24 @@ mod tests {
             listen: Some("127.0.0.1:0".into()),
             upstreams: up.iter().map(|s| s.to_string()).collect(),
             events: None,
+            ..Overrides::default()
         }
+    }
+
+    #[test]
+    fn upstream_key_file_flag_gives_the_default_pool_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-up\n").unwrap();
+        let mut raw = RawConfig::default();
+        raw.apply(&Overrides {
+            upstream_api_key_file: Some(key),
+            ..flags(&["http://127.0.0.1:8000"])
+        });
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.pools[0].api_key.as_deref(), Some("sk-up"));
+        // CORS defaults to vLLM's: every origin.
+        assert_eq!(cfg.cors_allowed_origins, vec!["*".to_owned()]);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum GatewayError {
     ModelNotFound(String),
     #[error("not found")]
     RouteNotFound,
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed { allow: String },
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
@@ -47,6 +49,7 @@ impl GatewayError {
             }
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Overloaded { .. } | GatewayError::TenantOverloaded { .. } => {
@@ -65,7 +68,9 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_) | GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::Unauthorized => "authentication",
-            GatewayError::ModelNotFound(_) | GatewayError::RouteNotFound => "model_not_found",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::Overloaded { .. } => "rate_limited",
@@ -84,6 +89,7 @@ impl GatewayError {
             | GatewayError::InvalidRequest(_)
             | GatewayError::ModelNotFound(_)
             | GatewayError::RouteNotFound
+            | GatewayError::MethodNotAllowed { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::RequestTimeout(_) => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
@@ -105,6 +111,7 @@ impl GatewayError {
             GatewayError::Unauthorized => "invalid_api_key",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::RouteNotFound => "unknown_url",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::Overloaded { .. } => "rate_limit_exceeded",
@@ -153,6 +160,11 @@ impl IntoResponse for GatewayError {
         );
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let GatewayError::MethodNotAllowed { allow } = &self
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            h.insert(header::ALLOW, v);
         }
         resp
     }
@@ -243,11 +255,14 @@ pub fn normalize_upstream_error(status: u16, body: &[u8]) -> Bytes {
                 .map(value_text)
                 .unwrap_or_else(|| type_for_status(status).to_owned());
             let param = e.param.as_ref().and_then(|p| p.as_str());
-            let code = match &e.code {
-                Some(serde_json::Value::Null) | None => code_str,
-                Some(c) => value_text(c),
+            // vLLM's `code` is the HTTP status as an integer: it stays one
+            // (JSON types are the upstream's; only the nesting changes).
+            let code = match e.code {
+                Some(serde_json::Value::Null) | None => serde_json::Value::String(code_str),
+                Some(c) => c,
             };
-            return openai_error_body(&msg, &typ, param, &code);
+            let v = json!({"error": {"message": msg, "type": typ, "param": param, "code": code}});
+            return Bytes::from(v.to_string());
         }
         if let Some(d) = &e.detail {
             return openai_error_body(&value_text(d), type_for_status(status), None, &code_str);
@@ -401,7 +416,7 @@ mod tests {
         let v = parse(&normalize_upstream_error(400, flat));
         assert_eq!(v["error"]["message"], "bad");
         assert_eq!(v["error"]["type"], "BadRequestError");
-        assert_eq!(v["error"]["code"], "400");
+        assert_eq!(v["error"]["code"], 400, "the integer stays an integer");
 
         let v = parse(&normalize_upstream_error(
             401,

@@ -57,6 +57,10 @@ pub struct Event {
     pub schema_version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal_excerpt: Option<String>,
+    /// `counted` when the token counts are the gateway's own (a stream cut
+    /// before the upstream reported usage); absent when they are the upstream's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_source: Option<&'static str>,
 }
 
 impl Event {
@@ -589,6 +593,8 @@ pub struct EventGuard {
     pub finish_reason: Option<String>,
     pub ttft: Option<Duration>,
     pub usage: Option<Usage>,
+    /// `Some("counted")` when `usage` was counted by the gateway.
+    pub usage_source: Option<&'static str>,
     pub refusal: Option<RefusalOutcome>,
     pub error_type: Option<&'static str>,
     permits: Vec<OwnedSemaphorePermit>,
@@ -620,6 +626,7 @@ impl EventGuard {
             finish_reason: Some("client_disconnect".to_owned()),
             ttft: None,
             usage: None,
+            usage_source: None,
             refusal: None,
             error_type: Some("client_disconnect"),
             permits: Vec::new(),
@@ -644,6 +651,16 @@ impl EventGuard {
         self.model_label = label;
         self.rec.metrics.in_flight_add(&self.model_label, 1);
         self.in_flight = true;
+    }
+
+    /// Sets the model learnt from the answer (the request named none); the
+    /// request is not counted in flight for it.
+    pub fn learn_model(&mut self, model: String, label: Label) {
+        if self.in_flight {
+            return;
+        }
+        self.model = Some(model.chars().take(256).collect());
+        self.model_label = label;
     }
 
     pub fn model_label(&self) -> &Label {
@@ -751,6 +768,7 @@ impl EventGuard {
             endpoint: self.endpoint.as_ref().map(|u| u.as_str().to_owned()),
             schema_version: SCHEMA_VERSION,
             refusal_excerpt,
+            usage_source: self.usage_source,
         };
         self.rec.sink.emit(ev);
         self.permits.clear();

@@ -5,12 +5,13 @@
 //! ([`metrics`]).
 //!
 //! Modules: [`cli`] (flags) · [`config`] (TOML → validated [`config::Config`]) ·
-//! [`routes`] (path → handler) · [`proxy`] (admission, retry, relay of the
+//! [`routes`] (path → handler) · [`api`] (the route table) · [`proxy`] (admission, retry, relay of the
 //! answer) · [`upstream`] (client, pools, health checks) · [`relay`] (SSE
 //! framing and accumulation) · [`auth`] (API keys → tenants) · [`error`]
 //! (OpenAI error shape) · [`events`] (the event writer) · [`metrics`] ·
 //! `refusal` (refusal detection).
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;

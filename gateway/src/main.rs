@@ -104,6 +104,9 @@ fn load_raw(cli: &Cli) -> anyhow::Result<RawConfig> {
         listen: cli.listen.clone(),
         upstreams: cli.upstream.clone(),
         events: cli.events.clone(),
+        upstream_api_key_file: cli.upstream_api_key_file.clone(),
+        upstream_api_key_env: std::env::var_os(gateway::cli::UPSTREAM_API_KEY_ENV)
+            .map(|_| gateway::cli::UPSTREAM_API_KEY_ENV.to_owned()),
     });
     Ok(raw)
 }

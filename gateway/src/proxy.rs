@@ -1,6 +1,7 @@
 //! The request path: admission (limits, auth, body, model), pool choice,
 //! the upstream call with retry, and the relay of the answer (buffered JSON
-//! or SSE passed on chunk by chunk).
+//! or SSE passed on chunk by chunk). One path for every relayed route; what
+//! differs per route is data in [`crate::api`].
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Deserializer};
@@ -28,7 +29,7 @@ use crate::events::{EventGuard, Recorder, RefusalOutcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::refusal::Signals;
 use crate::relay::{BodyShape, SseRelay, Summary, inspect_body};
-use crate::upstream::{InFlight, Pool, Upstreams};
+use crate::upstream::{Endpoint, InFlight, Pool, Upstreams};
 
 /// Shared state of the server.
 #[derive(Debug)]
@@ -45,23 +46,7 @@ pub struct AppState {
     pub hard_stop: CancellationToken,
 }
 
-/// The proxied OpenAI routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-}
-
-impl Api {
-    pub fn path(self) -> &'static str {
-        match self {
-            Api::ChatCompletions => "/v1/chat/completions",
-            Api::Completions => "/v1/completions",
-            Api::Embeddings => "/v1/embeddings",
-        }
-    }
-}
+pub use crate::api::{Api, Route};
 
 /// Request id: the client's `x-request-id` if sane, else a new UUIDv7.
 pub fn request_id(headers: &HeaderMap) -> String {
@@ -192,7 +177,8 @@ struct RequestHead<'a> {
 /// What the gateway learnt from a request body.
 #[derive(Debug, PartialEq)]
 pub struct Parsed {
-    pub model: String,
+    /// `None`: the request names no model (vLLM then serves its one model).
+    pub model: Option<String>,
     pub stream: bool,
     /// JSON bytes of `messages` / `prompt` / `input`.
     pub prompt_bytes: usize,
@@ -214,19 +200,17 @@ fn splice(body: &Bytes, at: std::ops::Range<usize>, with: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Parses the request and, for streams whose client did not ask for usage,
-/// asks the upstream for it (the one change made to a request body).
-pub fn parse_request(body: Bytes) -> Result<Parsed, GatewayError> {
+/// Parses the request and, for chat and completion streams whose client did
+/// not ask for usage, asks the upstream for it (the one change made to a
+/// request body). A missing or empty `model` is allowed: vLLM serves its one
+/// model then (`OpenAIServing._is_model_supported`: no name is the served model).
+pub fn parse_request(body: Bytes, api: Api) -> Result<Parsed, GatewayError> {
     let head: RequestHead = serde_json::from_slice(&body).map_err(|e| {
         GatewayError::InvalidJson(format!("the body is not a valid JSON object: {e}"))
     })?;
     let model = match head.model {
-        Some(m) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(GatewayError::InvalidRequest(
-                "you must provide a model parameter".to_owned(),
-            ));
-        }
+        Some(m) if !m.is_empty() => Some(m.into_owned()),
+        _ => None,
     };
     let stream = head.stream.unwrap_or(false);
     let prompt_bytes = [head.messages, head.prompt, head.input]
@@ -235,7 +219,7 @@ pub fn parse_request(body: Bytes) -> Result<Parsed, GatewayError> {
         .map(|r| r.get().len())
         .sum();
     const WITH_USAGE: &[u8] = br#"{"include_usage":true}"#;
-    let (new_body, strip_usage) = if !stream {
+    let (new_body, strip_usage) = if !stream || !api.injects_stream_usage() {
         (None, false)
     } else {
         match head.stream_options {
@@ -261,6 +245,16 @@ pub fn parse_request(body: Bytes) -> Result<Parsed, GatewayError> {
                         // vLLM: include_usage defaults to true once stream_options is present.
                         if obj.get("include_usage").and_then(|v| v.as_bool()) == Some(false) {
                             obj.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+                            // vLLM sends continuous usage only with include_usage
+                            // (`serving_chat.py`: `include_continuous_usage =
+                            // include_usage and continuous_usage_stats`): the
+                            // client asked for none, so it must not get any.
+                            if obj.contains_key("continuous_usage_stats") {
+                                obj.insert(
+                                    "continuous_usage_stats".to_owned(),
+                                    serde_json::Value::Bool(false),
+                                );
+                            }
                             let v =
                                 serde_json::to_vec(&obj).unwrap_or_else(|_| WITH_USAGE.to_vec());
                             (Some(splice(&body, range, &v)), true)
@@ -334,19 +328,46 @@ pub async fn read_body(
     limits: BodyLimits,
     started: Instant,
 ) -> Result<Bytes, BodyError> {
-    use http_body_util::BodyExt;
-    let limit = limits.max_bytes;
+    let declared = check_declared_length(headers, limits)?;
+    let mut body = body;
+    let mut buf =
+        BytesMut::with_capacity(declared.unwrap_or(0).min(limits.max_bytes as u64) as usize);
+    while let Some(data) = next_frame(&mut body, limits, started, buf.len()).await? {
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// A declared `content-length` over the limit is refused before any byte is read.
+fn check_declared_length(
+    headers: &HeaderMap,
+    limits: BodyLimits,
+) -> Result<Option<u64>, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
+    if declared.is_some_and(|len| len > limits.max_bytes as u64) {
+        return Err(BodyError::Reject(GatewayError::BodyTooLarge {
+            limit: limits.max_bytes,
+        }));
     }
-    let mut body = body;
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    Ok(declared)
+}
+
+/// Reads the next data frame of a request body within the upload bounds
+/// (`received` bytes so far): the size limit, the whole-body timeout and the
+/// minimum rate. `None` at the end of the body. Used by [`read_body`] and by
+/// uploads streamed through ([`start_upload`]).
+async fn next_frame(
+    body: &mut Body,
+    limits: BodyLimits,
+    started: Instant,
+    received: usize,
+) -> Result<Option<Bytes>, BodyError> {
+    use http_body_util::BodyExt;
     loop {
-        let until = limits.deadline(started, buf.len());
+        let until = limits.deadline(started, received);
         let frame = match tokio::time::timeout_at(until, body.frame()).await {
             Err(_) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -357,22 +378,23 @@ pub async fn read_body(
                     )
                 } else {
                     format!(
-                        "the request body arrives too slowly ({} bytes in {secs:.1} s; at least {} bytes/s needed)",
-                        buf.len(),
+                        "the request body arrives too slowly ({received} bytes in {secs:.1} s; at least {} bytes/s needed)",
                         limits.min_bytes_per_sec
                     )
                 };
                 return Err(BodyError::Reject(GatewayError::RequestTimeout(msg)));
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(None),
             Ok(Some(Err(e))) => return Err(classify_body_error(&e)),
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(BodyError::Reject(GatewayError::BodyTooLarge { limit }));
+            if received + data.len() > limits.max_bytes {
+                return Err(BodyError::Reject(GatewayError::BodyTooLarge {
+                    limit: limits.max_bytes,
+                }));
             }
-            buf.extend_from_slice(&data);
+            return Ok(Some(data));
         }
     }
 }
@@ -395,14 +417,25 @@ fn classify_body_error(e: &axum::Error) -> BodyError {
     BodyError::ClientGone
 }
 
+/// The pool of a request: its model's pool, else the default pool (also for
+/// a request naming no model, and for routes the gateway does not know).
 fn choose_pool(cfg: &Config, api: Api, parsed: &Parsed) -> Result<usize, GatewayError> {
-    let mapped = cfg.model_pools.get(&parsed.model).copied();
-    let base = match mapped.or(cfg.default_pool) {
-        Some(p) => p,
-        None => return Err(GatewayError::ModelNotFound(parsed.model.clone())),
+    let mapped = parsed
+        .model
+        .as_ref()
+        .and_then(|m| cfg.model_pools.get(m).copied());
+    let base = match (mapped.or(cfg.default_pool), &parsed.model) {
+        (Some(p), _) => p,
+        (None, _) if api == Api::Other => return Err(GatewayError::RouteNotFound),
+        (None, Some(m)) => return Err(GatewayError::ModelNotFound(m.clone())),
+        (None, None) => {
+            return Err(GatewayError::InvalidRequest(
+                "you must provide a model parameter (there is no default pool)".to_owned(),
+            ));
+        }
     };
     if let Some((long, min_bytes)) = cfg.long_context
-        && api != Api::Embeddings
+        && api.generates()
         && parsed.prompt_bytes >= min_bytes
         && (mapped.is_none() || mapped == cfg.default_pool)
     {
@@ -432,7 +465,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Client headers forwarded upstream: all end-to-end headers except the
 /// client's credentials and `accept-encoding` (the gateway reads the body).
-fn upstream_headers(client: &HeaderMap, request_id: &str, pool: &Pool) -> HeaderMap {
+fn upstream_headers(
+    client: &HeaderMap,
+    request_id: &str,
+    pool: &Pool,
+    has_body: bool,
+) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(client.len() + 2);
     for (k, v) in client {
         if is_hop_by_hop(k)
@@ -451,7 +489,7 @@ fn upstream_headers(client: &HeaderMap, request_id: &str, pool: &Pool) -> Header
         }
         h.append(k.clone(), v.clone());
     }
-    if !h.contains_key(header::CONTENT_TYPE) {
+    if has_body && !h.contains_key(header::CONTENT_TYPE) {
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -479,14 +517,22 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
 // Handler
 // ---------------------------------------------------------------------------
 
-/// Handles `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
-pub async fn handle(state: Arc<AppState>, api: Api, req: Request<Body>) -> Response {
+/// Handles a relayed request (every route of [`crate::api`]).
+pub async fn handle(state: Arc<AppState>, route: Route, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
-    let guard = start_guard(&state, &parts.headers, api.path());
+    let guard = start_guard(&state, &parts.headers, route.label);
     let id = guard.request_id.clone();
     let hard_stop = state.hard_stop.clone();
+    let target = Target {
+        route,
+        method: parts.method,
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+    };
     let mut resp = tokio::select! {
-        r = serve(state, api, parts.headers, body, guard) => r,
+        r = serve(state, target, parts.headers, body, guard) => r,
         // The guard inside `serve` is dropped here and records the cut.
         _ = hard_stop.cancelled() => GatewayError::ShuttingDown { retry_after_secs: 1 }.into_response(),
     };
@@ -494,36 +540,130 @@ pub async fn handle(state: Arc<AppState>, api: Api, req: Request<Body>) -> Respo
     resp
 }
 
+/// Where a request goes: its route, method and path (with the query).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: Route,
+    pub method: Method,
+    pub path_and_query: String,
+}
+
+impl Target {
+    fn api(&self) -> Api {
+        self.route.api
+    }
+
+    fn url(&self, ep: &Endpoint) -> Result<reqwest::Url, GatewayError> {
+        Ok(match self.route.label {
+            "/v1/chat/completions" => ep.chat_url.clone(),
+            "/v1/completions" => ep.completions_url.clone(),
+            "/v1/embeddings" => ep.embeddings_url.clone(),
+            _ => reqwest::Url::parse(&format!("{}{}", ep.base, self.path_and_query)).map_err(
+                |e| GatewayError::InvalidRequest(format!("cannot relay this path: {e}")),
+            )?,
+        })
+    }
+}
+
+/// The body sent upstream: bytes read in full (JSON routes; can be resent to
+/// another endpoint) or a stream relayed as it arrives (multipart uploads,
+/// unknown routes; sent once).
+enum UpBody {
+    Whole(Bytes),
+    Streamed(
+        Option<reqwest::Body>,
+        Arc<std::sync::Mutex<Option<BodyError>>>,
+    ),
+}
+
+/// Largest multipart prefix read to find the `model` field before the
+/// upload is streamed on.
+const MULTIPART_PREFIX_BYTES: usize = 64 * 1024;
+
 async fn serve(
     state: Arc<AppState>,
-    api: Api,
+    target: Target,
     headers: HeaderMap,
     body: Body,
     mut guard: EventGuard,
 ) -> Response {
+    let route = target.route;
+    // HEAD is served wherever GET is (Starlette adds it to GET routes).
+    let method_ok = route.methods.is_empty()
+        || route.methods.contains(&target.method)
+        || (target.method == Method::HEAD && route.methods.contains(&Method::GET));
+    if !method_ok {
+        return reject(
+            guard,
+            GatewayError::MethodNotAllowed {
+                allow: crate::api::allow_header(route.methods),
+            },
+        );
+    }
     let tenant_limit = match check_head(&state, &headers, &mut guard) {
         Ok(l) => l,
         Err(e) => return reject(guard, e),
     };
     let started = Instant::from_std(guard.started());
-    let body = match read_body(body, &headers, BodyLimits::from_config(&state.cfg), started).await {
-        Ok(b) => b,
-        Err(BodyError::Reject(e)) => return reject(guard, e),
-        Err(BodyError::ClientGone) => {
-            // The guard's initial state is the client's disconnect (499).
-            guard.finish();
-            return StatusCode::BAD_REQUEST.into_response();
+    let limits = BodyLimits::from_config(&state.cfg);
+    let api = route.api;
+    // A request without a body (a GET, most often) is sent without one.
+    let no_body = http_body::Body::is_end_stream(&body);
+    let (parsed, up_body) = if api.json_request() || no_body {
+        let body = match read_body(body, &headers, limits, started).await {
+            Ok(b) => b,
+            Err(BodyError::Reject(e)) => return reject(guard, e),
+            Err(BodyError::ClientGone) => {
+                // The guard's initial state is the client's disconnect (499).
+                guard.finish();
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+        };
+        let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE);
+        if body.is_empty() && (!api.json_request() || bodiless) {
+            let parsed = Parsed {
+                model: model_of_path(api, &target),
+                stream: false,
+                prompt_bytes: 0,
+                body: Bytes::new(),
+                strip_usage: false,
+            };
+            (parsed, UpBody::Whole(Bytes::new()))
+        } else {
+            let parsed = match parse_request(body, api) {
+                Ok(p) => p,
+                Err(e) => return reject(guard, e),
+            };
+            let b = parsed.body.clone();
+            (parsed, UpBody::Whole(b))
         }
+    } else {
+        // Streamed through: only a prefix is read (a multipart upload's `model` field).
+        let multipart = api == Api::Multipart;
+        let upload = match start_upload(body, &headers, limits, started, multipart).await {
+            Ok(u) => u,
+            Err(BodyError::Reject(e)) => return reject(guard, e),
+            Err(BodyError::ClientGone) => {
+                guard.finish();
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+        };
+        let parsed = Parsed {
+            model: model_of_path(api, &target).or(upload.model),
+            stream: upload.stream,
+            prompt_bytes: 0,
+            body: Bytes::new(),
+            strip_usage: false,
+        };
+        (parsed, UpBody::Streamed(Some(upload.body), upload.cut))
     };
     if let Err(e) = take_slots(&state, tenant_limit, &mut guard) {
         return reject(guard, e);
     }
-    let parsed = match parse_request(body) {
-        Ok(p) => p,
-        Err(e) => return reject(guard, e),
-    };
-    let label = state.upstreams.models.label(&parsed.model);
-    guard.set_model(parsed.model.clone(), label);
+    if let Some(m) = &parsed.model {
+        let label = state.upstreams.models.label(m);
+        guard.set_model(m.clone(), label);
+    }
     guard.stream = parsed.stream;
     let pool_idx = match choose_pool(&state.cfg, api, &parsed) {
         Ok(p) => p,
@@ -531,27 +671,142 @@ async fn serve(
     };
     let pool = state.upstreams.pools[pool_idx].clone();
     guard.upstream = Some(pool.name.clone());
-    forward(state, api, pool, headers, parsed, guard).await
+    forward(state, target, pool, headers, parsed, up_body, guard).await
+}
+
+/// `GET /v1/models/{id}` names its model in the path.
+fn model_of_path(api: Api, target: &Target) -> Option<String> {
+    if api != Api::ModelInfo {
+        return None;
+    }
+    target
+        .path_and_query
+        .split('?')
+        .next()
+        .and_then(|p| p.strip_prefix("/v1/models/"))
+        .map(str::to_owned)
+}
+
+/// A streamed upload: its body for reqwest, what was found in its prefix,
+/// and where the pump leaves the reason it stopped early.
+struct Upload {
+    body: reqwest::Body,
+    model: Option<String>,
+    stream: bool,
+    cut: Arc<std::sync::Mutex<Option<BodyError>>>,
+}
+
+/// The value of a multipart form field, if its part is complete in `buf`.
+fn multipart_field<'a>(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let needle = format!("name=\"{name}\"");
+    let at = memchr::memmem::find(buf, needle.as_bytes())?;
+    let rest = &buf[at + needle.len()..];
+    let start = memchr::memmem::find(rest, b"\r\n\r\n")? + 4;
+    let value = &rest[start..];
+    let end = memchr::memmem::find(value, b"\r\n--")?;
+    Some(&value[..end])
+}
+
+/// Starts relaying an upload: reads a prefix (for a multipart body, until its
+/// `model` field is complete, at most [`MULTIPART_PREFIX_BYTES`]), then
+/// streams the rest through a small channel, within the same bounds as
+/// [`read_body`] (size, whole-body time, minimum rate). Never buffers it whole.
+async fn start_upload(
+    mut body: Body,
+    headers: &HeaderMap,
+    limits: BodyLimits,
+    started: Instant,
+    multipart: bool,
+) -> Result<Upload, BodyError> {
+    check_declared_length(headers, limits)?;
+    let mut prefix = BytesMut::new();
+    let mut eof = false;
+    let mut model = None;
+    if multipart {
+        while prefix.len() < MULTIPART_PREFIX_BYTES {
+            match next_frame(&mut body, limits, started, prefix.len()).await? {
+                None => {
+                    eof = true;
+                    break;
+                }
+                Some(d) => prefix.extend_from_slice(&d),
+            }
+            if let Some(m) = multipart_field(&prefix, "model") {
+                model = std::str::from_utf8(m)
+                    .ok()
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty());
+                break;
+            }
+        }
+    }
+    let stream = multipart_field(&prefix, "stream").is_some_and(|v| v.trim_ascii() == b"true");
+    let received = prefix.len();
+    let cut = Arc::new(std::sync::Mutex::new(None));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    if !prefix.is_empty() {
+        let _ = tx.try_send(Ok(prefix.freeze()));
+    }
+    if !eof {
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            let mut received = received;
+            loop {
+                match next_frame(&mut body, limits, started, received).await {
+                    Ok(None) => break,
+                    Ok(Some(d)) => {
+                        received += d.len();
+                        if tx.send(Ok(d)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut c) = cut.lock() {
+                            *c = Some(e);
+                        }
+                        let _ = tx
+                            .send(Err(std::io::Error::other("request body cut")))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(Upload {
+        body,
+        model,
+        stream,
+        cut,
+    })
 }
 
 enum Attempt {
     Got(reqwest::Response, InFlight),
     Failed(GatewayError),
+    /// The client went away during a streamed upload.
+    ClientGone,
 }
 
 /// Sends the request, retrying on another endpoint after a connect error or
-/// a 502/503 (nothing has reached the client yet).
+/// a 502/503 (nothing has reached the client yet; a streamed upload is sent once).
 async fn send_with_retry(
     state: &AppState,
-    api: Api,
+    target: &Target,
     pool: &Pool,
     headers: &HeaderMap,
-    body: &Bytes,
+    body: &mut UpBody,
     guard: &mut EventGuard,
     deadline: Instant,
 ) -> Attempt {
     let cfg = &state.cfg;
-    let max_attempts = (cfg.retries as usize + 1).min(pool.endpoints.len()).max(1);
+    let resendable = matches!(body, UpBody::Whole(_));
+    let max_attempts = if resendable {
+        (cfg.retries as usize + 1).min(pool.endpoints.len()).max(1)
+    } else {
+        1
+    };
     let mut tried = Vec::with_capacity(max_attempts);
     let mut last = GatewayError::UpstreamUnreachable("no endpoint available".to_owned());
     while tried.len() < max_attempts {
@@ -561,16 +816,32 @@ async fn send_with_retry(
         tried.push(idx);
         let ep = inflight.endpoint().clone();
         guard.endpoint = Some(ep.label.clone());
-        let req = state
+        let url = match target.url(&ep) {
+            Ok(u) => u,
+            Err(e) => return Attempt::Failed(e),
+        };
+        let has_body = match body {
+            UpBody::Whole(b) => !b.is_empty(),
+            UpBody::Streamed(..) => true,
+        };
+        let mut req = state
             .upstreams
             .client
-            .post(match api {
-                Api::ChatCompletions => ep.chat_url.clone(),
-                Api::Completions => ep.completions_url.clone(),
-                Api::Embeddings => ep.embeddings_url.clone(),
-            })
-            .headers(upstream_headers(headers, &guard.request_id, pool))
-            .body(body.clone());
+            .request(target.method.clone(), url)
+            .headers(upstream_headers(headers, &guard.request_id, pool, has_body));
+        match body {
+            UpBody::Whole(b) => {
+                let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE);
+                if !b.is_empty() || !bodiless {
+                    req = req.body(b.clone());
+                }
+            }
+            UpBody::Streamed(b, _) => {
+                if let Some(b) = b.take() {
+                    req = req.body(b);
+                }
+            }
+        }
         let until = deadline.min(Instant::now() + cfg.first_byte_timeout);
         match tokio::time::timeout_at(until, req.send()).await {
             Err(_) => {
@@ -584,6 +855,15 @@ async fn send_with_retry(
                 )));
             }
             Ok(Err(e)) => {
+                if let UpBody::Streamed(_, cut) = body
+                    && let Some(cause) = cut.lock().ok().and_then(|mut c| c.take())
+                {
+                    // The upload failed (too slow, too large, client gone), not the upstream.
+                    return match cause {
+                        BodyError::Reject(e) => Attempt::Failed(e),
+                        BodyError::ClientGone => Attempt::ClientGone,
+                    };
+                }
                 let kind = if e.is_timeout() {
                     UpstreamErrorKind::Timeout
                 } else {
@@ -696,27 +976,27 @@ fn relay_retry_after(status: StatusCode, from: &HeaderMap, to: &mut HeaderMap) {
 
 async fn forward(
     state: Arc<AppState>,
-    api: Api,
+    target: Target,
     pool: Arc<Pool>,
     headers: HeaderMap,
     parsed: Parsed,
+    mut body: UpBody,
     mut guard: EventGuard,
 ) -> Response {
+    let api = target.api();
     let cfg = state.cfg.clone();
     let deadline = Instant::from_std(guard.started()) + cfg.total_timeout;
     let (mut resp, inflight) = match send_with_retry(
-        &state,
-        api,
-        &pool,
-        &headers,
-        &parsed.body,
-        &mut guard,
-        deadline,
+        &state, &target, &pool, &headers, &mut body, &mut guard, deadline,
     )
     .await
     {
         Attempt::Got(r, i) => (r, i),
         Attempt::Failed(e) => return reject(guard, e),
+        Attempt::ClientGone => {
+            guard.finish();
+            return StatusCode::BAD_REQUEST.into_response();
+        }
     };
     let status = resp.status();
     let is_sse = resp
@@ -769,6 +1049,10 @@ async fn forward(
         // gateway's own `model_not_found`, whichever of the two noticed it.
         let error_type = if status == StatusCode::NOT_FOUND && names_model_param(&out) {
             "model_not_found"
+        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The upstream refused the gateway's key (vLLM `--api-key`): relayed
+            // as what it is, not as "unreachable".
+            "upstream_auth"
         } else {
             "upstream_error"
         };
@@ -783,7 +1067,15 @@ async fn forward(
         return r;
     }
 
-    if !(parsed.stream && is_sse) {
+    // Routes other than the OpenAI generation/embedding ones say "stream" in
+    // ways the gateway does not parse (a form field, `?stream=true` on
+    // `GET /v1/responses/{id}`, ...): their SSE answers are streams.
+    let openai_body = matches!(
+        api,
+        Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses | Api::Messages
+    );
+    let streaming = is_sse && (parsed.stream || !openai_body);
+    if !streaming {
         let body =
             match read_upstream_body(&mut resp, cfg.idle_timeout, deadline, MAX_UPSTREAM_BODY, 0)
                 .await
@@ -815,7 +1107,7 @@ async fn forward(
                 }
             };
         let summary = inspect_body(&body, state.cfg.detector.scan_bytes());
-        if summary.shape == BodyShape::NotJson {
+        if summary.shape == BodyShape::NotJson && api.json_response() {
             // Nothing a client can use: say what happened instead.
             state
                 .metrics
@@ -839,14 +1131,16 @@ async fn forward(
         drop(resp);
         drop(inflight);
         guard.usage = summary.usage;
-        guard.refusal = if api == Api::Embeddings {
-            None
-        } else {
+        learn_model(&state, &mut guard, &summary);
+        guard.refusal = if api.generates() {
             refusal_of(&state.cfg, &summary)
+        } else {
+            None
         };
         // A 2xx carrying an error object (or JSON that is no object) is relayed
         // as the upstream sent it (scrubbed), and recorded as an upstream error.
-        let failed = summary.error.is_some() || summary.shape == BodyShape::OtherJson;
+        let failed = summary.error.is_some()
+            || (api.json_response() && summary.shape == BodyShape::OtherJson);
         let body = if failed {
             state
                 .metrics
@@ -901,6 +1195,7 @@ async fn forward(
                 if fed.content && guard.ttft.is_none() {
                     guard.ttft = Some(guard.elapsed());
                 }
+                track_usage(&mut guard, &relay.summary, parsed.prompt_bytes);
                 pending.extend_from_slice(&fed.out);
             }
         }
@@ -925,6 +1220,8 @@ async fn forward(
     guard.stream_started();
     let upstream_headers = resp.headers().clone();
     let st = StreamState {
+        api,
+        prompt_bytes: parsed.prompt_bytes,
         state: state.clone(),
         pool,
         resp,
@@ -946,6 +1243,34 @@ async fn forward(
     r.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
+}
+
+/// The request named no model: the answer's `model` says which one served it.
+fn learn_model(state: &AppState, guard: &mut EventGuard, s: &Summary) {
+    if guard.model.is_none()
+        && let Some(m) = &s.model
+    {
+        let label = state.upstreams.models.label(m);
+        guard.learn_model(m.clone(), label);
+    }
+}
+
+/// The usage of a stream so far: the upstream's when it reported it; else,
+/// once output was relayed, counted by the gateway (`usage_source:
+/// "counted"`): completion tokens = output deltas relayed (vLLM sends one
+/// token per delta), prompt tokens = the prompt's JSON bytes / 4. So a stream
+/// the client leaves mid-way still has its GPU time costed.
+fn track_usage(g: &mut EventGuard, s: &Summary, prompt_bytes: usize) {
+    if let Some(u) = s.usage {
+        g.usage = Some(u);
+        g.usage_source = None;
+    } else if s.output_events > 0 {
+        g.usage = Some(crate::relay::Usage {
+            prompt_tokens: (prompt_bytes > 0).then(|| prompt_bytes.div_ceil(4) as u64),
+            completion_tokens: Some(s.output_events),
+        });
+        g.usage_source = Some("counted");
+    }
 }
 
 /// Applies the refusal detector to a response summary.
@@ -973,6 +1298,8 @@ pub fn refusal_of(cfg: &Config, s: &Summary) -> Option<RefusalOutcome> {
 }
 
 struct StreamState {
+    api: Api,
+    prompt_bytes: usize,
     state: Arc<AppState>,
     pool: Arc<Pool>,
     resp: reqwest::Response,
@@ -998,11 +1325,13 @@ impl StreamState {
         self.finished = true;
         let mut out = BytesMut::from(&self.relay.finish()[..]);
         let s = &self.relay.summary;
-        let truncated = !s.done && s.finish_reason.is_none() && s.error.is_none();
+        let truncated =
+            self.api.generates() && !s.done && s.finish_reason.is_none() && s.error.is_none();
         let Some(mut g) = self.guard.take() else {
             return out.freeze();
         };
-        g.usage = s.usage;
+        track_usage(&mut g, s, self.prompt_bytes);
+        learn_model(&self.state, &mut g, s);
         if let Some(_msg) = &s.error {
             self.state
                 .metrics
@@ -1013,19 +1342,37 @@ impl StreamState {
             self.state
                 .metrics
                 .upstream_error(&self.pool.name, UpstreamErrorKind::Stream);
-            out.extend_from_slice(&sse_error_event(
-                "the upstream ended the stream early",
-                "server_error",
-                "stream_error",
-            ));
+            out.extend_from_slice(
+                &self.error_event("the upstream ended the stream early", "stream_error"),
+            );
             g.succeed(200, Some("error".to_owned()));
             g.error_type = Some("stream_error");
         } else {
             g.succeed(200, s.finish_reason.clone());
         }
-        g.refusal = refusal_of(&self.state.cfg, s);
+        if self.api.generates() {
+            g.refusal = refusal_of(&self.state.cfg, s);
+        }
         g.finish();
         out.freeze()
+    }
+
+    /// The SSE event that tells the client its stream failed: the Responses
+    /// API's `error` event (`ResponseErrorEvent`: type, code, message, param,
+    /// sequence_number) on `/v1/responses`, else vLLM's
+    /// `data: {"error": {...}}` followed by `data: [DONE]`.
+    fn error_event(&self, msg: &str, code: &str) -> Bytes {
+        if self.api == Api::Responses {
+            let v = serde_json::json!({
+                "type": "error",
+                "code": code,
+                "message": msg,
+                "param": null,
+                "sequence_number": self.relay.summary.next_sequence,
+            });
+            return Bytes::from(format!("event: error\ndata: {v}\n\n"));
+        }
+        sse_error_event(msg, "server_error", code)
     }
 
     /// The stream is cut by the gateway: one error event, then `[DONE]`.
@@ -1059,12 +1406,12 @@ impl StreamState {
             self.state.metrics.upstream_error(&self.pool.name, k);
         }
         if let Some(mut g) = self.guard.take() {
-            g.usage = self.relay.summary.usage;
+            track_usage(&mut g, &self.relay.summary, self.prompt_bytes);
             g.succeed(200, Some(fr.to_owned()));
             g.error_type = Some(et);
             g.finish();
         }
-        sse_error_event(msg, "server_error", code)
+        self.error_event(msg, code)
     }
 }
 
@@ -1098,11 +1445,11 @@ async fn step(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, StreamSt
         match next {
             Ok(Ok(Some(chunk))) => {
                 let fed = s.relay.feed(&chunk);
-                if fed.content
-                    && let Some(g) = s.guard.as_mut()
-                    && g.ttft.is_none()
-                {
-                    g.ttft = Some(g.elapsed());
+                if let Some(g) = s.guard.as_mut() {
+                    if fed.content && g.ttft.is_none() {
+                        g.ttft = Some(g.elapsed());
+                    }
+                    track_usage(g, &s.relay.summary, s.prompt_bytes);
                 }
                 if fed.out.is_empty() {
                     continue;
@@ -1134,7 +1481,7 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Parsed {
-        parse_request(Bytes::from(s.to_owned())).unwrap()
+        parse_request(Bytes::from(s.to_owned()), Api::ChatCompletions).unwrap()
     }
 
     #[test]
@@ -1144,7 +1491,7 @@ mod tests {
         let got = p(s);
         assert_eq!(&got.body[..], s.as_bytes());
         assert!(!got.stream && !got.strip_usage);
-        assert_eq!(got.model, "m");
+        assert_eq!(got.model.as_deref(), Some("m"));
         assert_eq!(
             got.prompt_bytes,
             r#"[{"role":"user","content":"hi"}]"#.len()
@@ -1184,6 +1531,12 @@ mod tests {
                 r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
                 false,
             ),
+            // vLLM sends no usage at all here: neither may the client get any.
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":false,"include_usage":true}}"#,
+                true,
+            ),
         ];
         for (input, want, strip) in table {
             let got = p(input);
@@ -1199,14 +1552,24 @@ mod tests {
         for (s, status) in [
             ("{not json", 400),
             ("[1,2]", 400),
-            ("{}", 400),
-            (r#"{"model":""}"#, 400),
             (r#"{"model":5}"#, 400),
             (r#"{"model":"m","stream":"yes"}"#, 400),
         ] {
-            let e = parse_request(Bytes::from(s)).unwrap_err();
+            let e = parse_request(Bytes::from(s), Api::ChatCompletions).unwrap_err();
             assert_eq!(e.status_code().as_u16(), status, "{s}");
         }
+        // No model: vLLM serves its one model.
+        for s in ["{}", r#"{"model":""}"#] {
+            assert_eq!(p(s).model, None, "{s}");
+        }
+        // Only chat and completions get usage added.
+        let r = parse_request(
+            Bytes::from(r#"{"model":"m","stream":true,"input":"x"}"#),
+            Api::Responses,
+        )
+        .unwrap();
+        assert!(!r.strip_usage);
+        assert_eq!(&r.body[..], br#"{"model":"m","stream":true,"input":"x"}"#);
     }
 
     #[test]

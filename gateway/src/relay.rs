@@ -7,6 +7,17 @@
 //!   with a small borrowed struct for what the gateway needs: content, refusal,
 //!   finish reason, usage and error.
 //! * [`inspect_body`]: the same for a complete (non-streaming) JSON body.
+//!
+//! Besides chat and completion chunks (`choices[]`), the same view reads the
+//! OpenAI Responses API as vLLM serves it (`vllm/entrypoints/openai/responses/`:
+//! `api_router.py` writes each event as `event: {type}\ndata: {json}\n\n`, no
+//! `[DONE]`; `streaming_events.py` builds `response.output_text.delta`, ...;
+//! `protocol.py` `ResponsesResponse` / `ResponseUsage` with `input_tokens` /
+//! `output_tokens`): the `type` of each event, output deltas, the final
+//! `response` object of `response.completed` / `response.incomplete` /
+//! `response.failed`, its `status` and `incomplete_details`, and `refusal`
+//! content parts. Usage named `input_tokens` / `output_tokens` (Responses,
+//! Anthropic `/v1/messages`) is read as prompt / completion tokens.
 
 use std::borrow::Cow;
 
@@ -20,12 +31,35 @@ const MAX_CHOICES: usize = 16;
 const MAX_PENDING_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Token counts from upstream `usage`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: Option<u64>,
-    #[serde(default)]
     pub completion_tokens: Option<u64>,
+}
+
+/// `usage` as the upstream names it: `prompt_tokens` / `completion_tokens`
+/// (chat, completions, embeddings, pooling) or `input_tokens` /
+/// `output_tokens` (Responses API, `/v1/messages`).
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RawUsage::deserialize(d)?;
+        Ok(Usage {
+            prompt_tokens: r.prompt_tokens.or(r.input_tokens),
+            completion_tokens: r.completion_tokens.or(r.output_tokens),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -54,6 +88,32 @@ struct Choice<'a> {
     finish_reason: Option<Cow<'a, str>>,
 }
 
+/// A content part of a Responses API output item (`output_text` or `refusal`).
+#[derive(Deserialize)]
+struct OutputPart<'a> {
+    #[serde(borrow, default, rename = "type")]
+    typ: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+}
+
+/// An output item of a Responses API response (`message`, `function_call`, `reasoning`, ...).
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(borrow, default, rename = "type")]
+    typ: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Vec<OutputPart<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct IncompleteDetails<'a> {
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
 #[derive(Deserialize)]
 struct ResponseView<'a> {
     #[serde(borrow, default)]
@@ -62,6 +122,60 @@ struct ResponseView<'a> {
     usage: Option<Usage>,
     #[serde(default)]
     error: Option<ErrorView>,
+    /// Model that answered (the request may not name one).
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    /// Responses API: the event type (`response.output_text.delta`, ...) or
+    /// the Anthropic message event type.
+    #[serde(borrow, default, rename = "type")]
+    typ: Option<Cow<'a, str>>,
+    /// Responses API: the text of a `*.delta` event (a string there; an object
+    /// in Anthropic `content_block_delta`, read only as "some output").
+    #[serde(borrow, default)]
+    delta: Option<&'a serde_json::value::RawValue>,
+    /// Responses API: the response object of `response.completed` & co.
+    #[serde(borrow, default)]
+    response: Option<Box<ResponseView<'a>>>,
+    /// Responses API `object: "response"`.
+    #[serde(borrow, default)]
+    object: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    incomplete_details: Option<IncompleteDetails<'a>>,
+    #[serde(borrow, default)]
+    output: Option<Vec<OutputItem<'a>>>,
+    /// Responses API `error` event: `{"type":"error","code":..,"message":..}`.
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+    /// Responses API events are numbered from 0.
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    /// `/v1/messages` body: why the message ended (read only on that body).
+    #[serde(borrow, default)]
+    stop_reason: Option<&'a serde_json::value::RawValue>,
+    /// `/v1/messages` body: its content blocks (`{"type":"text","text":..}`; read
+    /// only on that body, so another route's `content` of any type parses).
+    #[serde(borrow, default)]
+    content: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The finish reason of a Responses API response: `status` and
+/// `incomplete_details.reason` mapped onto the chat finish reasons.
+pub fn responses_finish_reason(
+    status: &str,
+    incomplete_reason: Option<&str>,
+    tool_call: bool,
+) -> Option<&'static str> {
+    Some(match (status, incomplete_reason) {
+        ("completed", _) if tool_call => "tool_calls",
+        ("completed", _) => "stop",
+        ("incomplete", Some("content_filter")) => "content_filter",
+        ("incomplete", _) => "length",
+        ("failed", _) => "error",
+        ("cancelled", _) => "abort",
+        _ => return None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -104,15 +218,56 @@ pub struct Summary {
     pub content_filter: bool,
     /// An error object in the body or stream, with its message.
     pub error: Option<String>,
-    /// `data: [DONE]` was seen.
+    /// `data: [DONE]` was seen, or the terminal event of a Responses API
+    /// stream (`response.completed` / `incomplete` / `failed`).
     pub done: bool,
+    /// Events (or bodies) that carried output: on a stream, one per token
+    /// as vLLM sends them, so a count of what was relayed.
+    pub output_events: u64,
+    /// `model` of the answer.
+    pub model: Option<String>,
+    /// Responses API: the `sequence_number` the next event would have.
+    pub next_sequence: u64,
 }
 
 impl Summary {
-    fn absorb(&mut self, view: ResponseView<'_>, scan_limit: usize) -> bool {
+    fn absorb(&mut self, mut view: ResponseView<'_>, scan_limit: usize) -> bool {
         let mut content = false;
         if let Some(u) = view.usage {
-            self.usage = Some(u);
+            self.merge_usage(u);
+        }
+        if self.model.is_none()
+            && let Some(m) = &view.model
+        {
+            self.model = Some(m.chars().take(256).collect());
+        }
+        if let Some(n) = view.sequence_number {
+            self.next_sequence = n + 1;
+        }
+        if let Some(t) = view.typ.as_deref() {
+            content |= self.absorb_event(t, &view, scan_limit);
+        }
+        if let Some(r) = view.response.take() {
+            // response.created / in_progress / completed / incomplete / failed
+            let terminal = view.typ.as_deref().is_some_and(|t| {
+                matches!(
+                    t,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                )
+            });
+            if terminal {
+                self.done = true;
+                self.absorb_response(*r, scan_limit, false);
+            } else if self.model.is_none()
+                && let Some(m) = &r.model
+            {
+                self.model = Some(m.chars().take(256).collect());
+            }
+            return content;
+        }
+        if view.object.as_deref() == Some("response") {
+            // A complete (non-streaming) Responses API body.
+            return self.absorb_response(view, scan_limit, true);
         }
         if let Some(e) = view.error {
             let msg = match e {
@@ -133,6 +288,7 @@ impl Summary {
                 });
             }
         }
+        let from_event = content;
         for (pos, c) in view.choices.into_iter().flatten().enumerate() {
             let idx = c.index.unwrap_or(pos);
             if let Some(fr) = c.finish_reason {
@@ -173,6 +329,218 @@ impl Summary {
                     }
                     push_bounded(&mut self.texts[idx], &t, scan_limit);
                 }
+            }
+        }
+        if content && !from_event {
+            self.output_events += 1;
+        }
+        content
+    }
+}
+
+impl Summary {
+    /// New usage; a count it leaves out is kept (`/v1/messages` streams send the input
+    /// tokens in `message_start`, the output tokens in `message_delta`).
+    fn merge_usage(&mut self, u: Usage) {
+        let old = self.usage.unwrap_or_default();
+        self.usage = Some(Usage {
+            prompt_tokens: u.prompt_tokens.or(old.prompt_tokens),
+            completion_tokens: u.completion_tokens.or(old.completion_tokens),
+        });
+    }
+
+    /// Anthropic `stop_reason` (`/v1/messages`) as a finish reason.
+    fn messages_stop_reason(&mut self, reason: &str) {
+        let fr = match reason {
+            "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+            "max_tokens" | "model_context_window_exceeded" => "length",
+            "tool_use" => "tool_calls",
+            "refusal" => {
+                self.upstream_refusal = true;
+                self.content_filter = true;
+                "content_filter"
+            }
+            other => other,
+        };
+        self.finish_reason = Some(fr.to_owned());
+    }
+
+    /// One Responses API (or `/v1/messages`) stream event by its `type`.
+    fn absorb_event(&mut self, typ: &str, view: &ResponseView<'_>, scan_limit: usize) -> bool {
+        // Anthropic Messages API (vLLM `/v1/messages`): message_start (usage.input_tokens),
+        // content_block_delta (text), message_delta (stop_reason, usage.output_tokens),
+        // message_stop (the end; no [DONE]); a non-stream body has type "message".
+        match typ {
+            "message_stop" => {
+                self.done = true;
+                return false;
+            }
+            "message_start" => {
+                if let Some(serde_json::Value::Object(m)) = &view.message {
+                    if let Some(u) = m.get("usage")
+                        && let Ok(u) = serde_json::from_value::<Usage>(u.clone())
+                    {
+                        self.merge_usage(u);
+                    }
+                    if self.model.is_none()
+                        && let Some(model) = m.get("model").and_then(|v| v.as_str())
+                    {
+                        self.model = Some(model.chars().take(256).collect());
+                    }
+                }
+                return false;
+            }
+            "message_delta" => {
+                #[derive(Deserialize)]
+                struct StopDelta<'b> {
+                    #[serde(borrow, default)]
+                    stop_reason: Option<Cow<'b, str>>,
+                }
+                if let Some(d) = view.delta
+                    && let Ok(d) = serde_json::from_str::<StopDelta<'_>>(d.get())
+                    && let Some(r) = d.stop_reason
+                {
+                    self.messages_stop_reason(&r);
+                }
+                return false;
+            }
+            "message" => {
+                if let Some(r) = view.stop_reason
+                    && let Ok(r) = serde_json::from_str::<String>(r.get())
+                {
+                    self.messages_stop_reason(&r);
+                }
+                let parts: Vec<OutputPart<'_>> = view
+                    .content
+                    .and_then(|c| serde_json::from_str(c.get()).ok())
+                    .unwrap_or_default();
+                let mut content = false;
+                for part in &parts {
+                    if part.typ.as_deref() == Some("text")
+                        && let Some(t) = &part.text
+                        && !t.is_empty()
+                    {
+                        content = true;
+                        if self.texts.is_empty() {
+                            self.texts.push(String::new());
+                        }
+                        push_bounded(&mut self.texts[0], t, scan_limit);
+                    }
+                }
+                if content {
+                    self.output_events += 1;
+                }
+                return content;
+            }
+            _ => {}
+        }
+        if typ == "error" {
+            let msg = match &view.message {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => "upstream error".to_owned(),
+            };
+            self.error = Some(msg);
+            return false;
+        }
+        if !typ.ends_with(".delta") && typ != "content_block_delta" {
+            return false;
+        }
+        let Some(raw) = view.delta else {
+            return false;
+        };
+        let text: Option<Cow<'_, str>> = if raw.get().starts_with('"') {
+            serde_json::from_str(raw.get()).ok()
+        } else {
+            // `/v1/messages` content_block_delta: {"type":"text_delta","text":..}
+            #[derive(Deserialize)]
+            struct Inner<'b> {
+                #[serde(borrow, default)]
+                text: Option<Cow<'b, str>>,
+            }
+            serde_json::from_str::<Inner<'_>>(raw.get())
+                .ok()
+                .and_then(|i| i.text.map(|t| Cow::Owned(t.into_owned())))
+        };
+        let Some(text) = text else {
+            return true;
+        };
+        if text.is_empty() {
+            return false;
+        }
+        self.output_events += 1;
+        if typ == "response.refusal.delta" {
+            self.upstream_refusal = true;
+        } else if typ == "response.output_text.delta" || typ == "content_block_delta" {
+            if self.texts.is_empty() {
+                self.texts.push(String::new());
+            }
+            push_bounded(&mut self.texts[0], &text, scan_limit);
+        }
+        true
+    }
+
+    /// A Responses API response object: status, usage, output text and
+    /// refusal parts (`whole`: a non-streaming body, whose text is read here;
+    /// a stream's text came from its deltas).
+    fn absorb_response(&mut self, r: ResponseView<'_>, scan_limit: usize, whole: bool) -> bool {
+        if let Some(u) = r.usage {
+            self.usage = Some(u);
+        }
+        if self.model.is_none()
+            && let Some(m) = &r.model
+        {
+            self.model = Some(m.chars().take(256).collect());
+        }
+        if let Some(e) = r.error {
+            self.error = Some(match e {
+                ErrorView::Object {
+                    message: Some(serde_json::Value::String(m)),
+                } => m,
+                _ => "upstream error".to_owned(),
+            });
+        }
+        let mut tool_call = false;
+        let mut content = false;
+        for item in r.output.into_iter().flatten() {
+            if item.typ.as_deref() == Some("function_call") {
+                tool_call = true;
+                content = true;
+            }
+            for part in item.content.into_iter().flatten() {
+                match part.typ.as_deref() {
+                    Some("refusal") if part.refusal.as_deref().is_some_and(|r| !r.is_empty()) => {
+                        self.upstream_refusal = true;
+                        content = true;
+                    }
+                    Some("output_text") if whole => {
+                        if let Some(t) = part.text
+                            && !t.is_empty()
+                        {
+                            content = true;
+                            if self.texts.is_empty() {
+                                self.texts.push(String::new());
+                            }
+                            push_bounded(&mut self.texts[0], &t, scan_limit);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if whole && content {
+            self.output_events += 1;
+        }
+        if let Some(status) = r.status.as_deref() {
+            let reason = r
+                .incomplete_details
+                .as_ref()
+                .and_then(|d| d.reason.as_deref());
+            if reason == Some("content_filter") {
+                self.content_filter = true;
+            }
+            if let Some(fr) = responses_finish_reason(status, reason, tool_call) {
+                self.finish_reason = Some(fr.to_owned());
             }
         }
         content
@@ -547,6 +915,126 @@ mod tests {
             r.summary.texts[0],
             "ééé".chars().take(2).collect::<String>()
         );
+    }
+
+    /// A Responses API stream as vLLM writes it (`event:` + `data:`, no `[DONE]`).
+    const RESPONSES: &str = concat!(
+        "event: response.created\ndata: {\"response\":{\"id\":\"resp_1\",\"model\":\"m\",\"object\":\"response\",\"output\":[],\"status\":\"in_progress\",\"usage\":null},\"sequence_number\":0,\"type\":\"response.created\"}\n\n",
+        "event: response.output_text.delta\ndata: {\"content_index\":0,\"delta\":\"I can't\",\"item_id\":\"msg_1\",\"logprobs\":[],\"output_index\":0,\"sequence_number\":1,\"type\":\"response.output_text.delta\"}\n\n",
+        "event: response.output_text.delta\ndata: {\"content_index\":0,\"delta\":\" help with that.\",\"item_id\":\"msg_1\",\"logprobs\":[],\"output_index\":0,\"sequence_number\":2,\"type\":\"response.output_text.delta\"}\n\n",
+        "event: response.output_text.done\ndata: {\"content_index\":0,\"item_id\":\"msg_1\",\"logprobs\":[],\"output_index\":0,\"sequence_number\":3,\"text\":\"I can't help with that.\",\"type\":\"response.output_text.done\"}\n\n",
+        "event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"incomplete_details\":{\"reason\":\"max_output_tokens\"},\"model\":\"m\",\"object\":\"response\",\"output\":[{\"id\":\"msg_1\",\"content\":[{\"annotations\":[],\"text\":\"I can't help with that.\",\"type\":\"output_text\",\"logprobs\":null}],\"role\":\"assistant\",\"status\":\"completed\",\"type\":\"message\"}],\"status\":\"incomplete\",\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":2,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":11}},\"sequence_number\":4,\"type\":\"response.completed\"}\n\n",
+    );
+
+    #[test]
+    fn responses_stream_is_read() {
+        for split in [1, 7, 10_000] {
+            let (out, r) = run(RESPONSES, true, split);
+            assert_eq!(out, RESPONSES, "relayed untouched (split {split})");
+            let s = &r.summary;
+            assert!(s.done, "response.completed ends the stream");
+            assert_eq!(s.texts, vec!["I can't help with that.".to_owned()]);
+            assert_eq!(s.finish_reason.as_deref(), Some("length"));
+            assert_eq!(
+                s.usage,
+                Some(Usage {
+                    prompt_tokens: Some(9),
+                    completion_tokens: Some(2)
+                })
+            );
+            assert_eq!(s.output_events, 2);
+            assert_eq!(s.model.as_deref(), Some("m"));
+            assert_eq!(s.next_sequence, 5);
+            assert!(s.error.is_none());
+        }
+    }
+
+    #[test]
+    fn responses_first_output_delta_is_content() {
+        let mut r = SseRelay::new(false, 100);
+        let mut parts = RESPONSES.split_inclusive("\n\n");
+        let created = parts.next().unwrap();
+        assert!(!r.feed(created.as_bytes()).content);
+        assert!(r.feed(parts.next().unwrap().as_bytes()).content);
+    }
+
+    #[test]
+    fn responses_refusal_error_and_failed() {
+        let refusal = "event: response.refusal.delta\ndata: {\"delta\":\"no\",\"sequence_number\":5,\"type\":\"response.refusal.delta\"}\n\n";
+        let (_, r) = run(refusal, false, 4);
+        assert!(r.summary.upstream_refusal);
+        let err = "event: error\ndata: {\"code\":\"500\",\"message\":\"boom\",\"param\":null,\"sequence_number\":3,\"type\":\"error\"}\n\n";
+        let (_, r) = run(err, false, 4);
+        assert_eq!(r.summary.error.as_deref(), Some("boom"));
+        let failed = "event: response.failed\ndata: {\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"output\":[]},\"type\":\"response.failed\"}\n\n";
+        let (_, r) = run(failed, false, 4);
+        assert!(r.summary.done);
+        assert_eq!(r.summary.finish_reason.as_deref(), Some("error"));
+        assert_eq!(r.summary.error.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn responses_bodies_are_read() {
+        let body = br#"{"id":"resp_1","created_at":1,"incomplete_details":null,"model":"m","object":"response","output":[{"id":"msg_1","content":[{"annotations":[],"text":"Hello.","type":"output_text","logprobs":null},{"type":"refusal","refusal":"I won't."}],"role":"assistant","status":"completed","type":"message"}],"status":"completed","usage":{"input_tokens":4,"output_tokens":3,"total_tokens":7}}"#;
+        let s = inspect_body(body, 4096);
+        assert_eq!(s.texts, vec!["Hello.".to_owned()]);
+        assert!(s.upstream_refusal);
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.usage.unwrap().completion_tokens, Some(3));
+        let tools = br#"{"object":"response","output":[{"type":"function_call","name":"f","arguments":"{}"}],"status":"completed"}"#;
+        assert_eq!(
+            inspect_body(tools, 10).finish_reason.as_deref(),
+            Some("tool_calls")
+        );
+        for (status, reason, want) in [
+            ("completed", None, Some("stop")),
+            ("incomplete", Some("max_output_tokens"), Some("length")),
+            ("incomplete", Some("content_filter"), Some("content_filter")),
+            ("failed", None, Some("error")),
+            ("cancelled", None, Some("abort")),
+            ("in_progress", None, None),
+        ] {
+            assert_eq!(responses_finish_reason(status, reason, false), want);
+        }
+    }
+
+    #[test]
+    fn messages_api_stream_and_body() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":11,\"output_tokens\":0}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (out, r) = run(stream, false, 5);
+        assert_eq!(out, stream);
+        let s = &r.summary;
+        assert!(s.done);
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
+        assert_eq!(
+            s.usage,
+            Some(Usage {
+                prompt_tokens: Some(11),
+                completion_tokens: Some(5)
+            })
+        );
+        assert_eq!(s.texts, vec!["Hello".to_owned()]);
+        assert_eq!(s.model.as_deref(), Some("m"));
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"I can't help with that."}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":7}}"#;
+        let s = inspect_body(body, 100);
+        assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(s.texts, vec!["I can't help with that.".to_owned()]);
+        assert_eq!(s.usage.unwrap().completion_tokens, Some(7));
+    }
+
+    #[test]
+    fn chat_deltas_are_counted() {
+        let (_, r) = run(CHAT, false, 5);
+        // "" role chunk carries nothing; "Hi" and "!" do.
+        assert_eq!(r.summary.output_events, 2);
+        assert_eq!(r.summary.model.as_deref(), Some("m"));
     }
 
     #[test]

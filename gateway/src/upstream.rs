@@ -141,6 +141,15 @@ impl KnownModels {
     }
 }
 
+/// Why `GET /v1/models` of an endpoint failed.
+#[derive(Debug)]
+pub enum ListError {
+    /// No usable answer (connect, timeout, not JSON).
+    Transport(String),
+    /// The upstream answered with this status and body (e.g. 401: the gateway's key is wrong).
+    Status(u16, bytes::Bytes),
+}
+
 /// All pools plus the shared client.
 #[derive(Debug)]
 pub struct Upstreams {
@@ -228,7 +237,7 @@ impl Upstreams {
         pool: &Pool,
         ep: &Endpoint,
         timeout: Duration,
-    ) -> Result<Vec<serde_json::Value>, String> {
+    ) -> Result<Vec<serde_json::Value>, ListError> {
         let mut req = self
             .client
             .get(format!("{}/v1/models", ep.base))
@@ -236,17 +245,26 @@ impl Upstreams {
         if let Some(a) = &pool.auth {
             req = req.header(http::header::AUTHORIZATION, a.clone());
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status()));
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ListError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ListError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            let body = body.slice(..body.len().min(64 * 1024));
+            return Err(ListError::Status(status.as_u16(), body));
         }
         #[derive(Deserialize)]
         struct Raw {
             #[serde(default)]
             data: Vec<serde_json::Value>,
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let raw: Raw = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let raw: Raw =
+            serde_json::from_slice(&body).map_err(|e| ListError::Transport(e.to_string()))?;
         Ok(raw.data)
     }
 

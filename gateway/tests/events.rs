@@ -43,6 +43,7 @@ fn base_event() -> Event {
         endpoint: Some("10.0.0.5:8000".into()),
         schema_version: SCHEMA_VERSION,
         refusal_excerpt: None,
+        usage_source: None,
     }
 }
 
@@ -98,7 +99,20 @@ fn representative() -> Vec<Event> {
         error_type: Some("upstream_unreachable"),
         ..base_event()
     };
-    vec![ok, refusal, disconnect, unauthorized, upstream_down]
+    // A Responses API stream the client left: the gateway counted its tokens.
+    let left = Event {
+        request_id: "req-6".into(),
+        level: "warn",
+        route: "/v1/responses",
+        finish_reason: Some("client_disconnect".into()),
+        error_type: Some("client_disconnect"),
+        prompt_tokens: Some(40),
+        completion_tokens: Some(17),
+        cost_usd: Some(0.0000374),
+        usage_source: Some("counted"),
+        ..base_event()
+    };
+    vec![ok, refusal, disconnect, unauthorized, upstream_down, left]
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! A client disconnect ends the loop at the next await (the channel closes, or the
 //! handler future is dropped); [`AbortTracker`] then records the abort like vLLM V1 does.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +15,23 @@ use tokio::time::Instant;
 
 use crate::engine::{Engine, Running};
 use crate::metrics::{self, Finish, FinishedRequest, Histogram, ModelMetrics};
+use crate::responses::{ResponsesMeta, ResponsesWriter};
 use crate::wire::{self, ChunkWriter, Kind, Usage};
 
 /// One choice to generate: its tokens (decided up front) and finish reason.
 pub(crate) struct ChoicePlan {
     pub(crate) index: u32,
-    pub(crate) tokens: Vec<&'static str>,
+    pub(crate) tokens: Vec<Cow<'static, str>>,
+    /// The engine's finish (metrics).
     pub(crate) finish: Finish,
+    /// The API's `finish_reason` (`tool_calls` for a tool call).
+    pub(crate) api_finish: &'static str,
+    /// A tool call `(id, function name)`: the tokens are its arguments.
+    pub(crate) tool: Option<(String, String)>,
+    /// The stop string that ended the text.
+    pub(crate) stop_reason: Option<String>,
+    /// Seed of this choice's logprobs.
+    pub(crate) lp_seed: u64,
 }
 
 /// Everything decided about a request before generation starts.
@@ -39,6 +50,16 @@ pub(crate) struct Plan {
     pub(crate) tokens_per_second: f64,
     pub(crate) midstream_error: bool,
     pub(crate) params_max_tokens: u32,
+    /// `Some`: a `/v1/responses` request (its events instead of chat chunks).
+    pub(crate) responses: Option<ResponsesMeta>,
+    /// Chat `logprobs: true`: the number of `top_logprobs`.
+    pub(crate) logprobs: Option<u32>,
+}
+
+/// Writes a stream: chat / completion chunks, or Responses API events.
+enum Writer {
+    Chunks(ChunkWriter),
+    Responses(ResponsesWriter),
 }
 
 pub(crate) fn total_tokens(plan: &Plan) -> u32 {
@@ -157,9 +178,15 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
             .await?;
     }
     let first = Instant::now();
-    let writer = out
-        .sse
-        .then(|| ChunkWriter::new(plan.kind, &plan.id, plan.created, &plan.model));
+    let mut writer = out.sse.then(|| match &plan.responses {
+        Some(meta) => Writer::Responses(ResponsesWriter::new(meta.clone())),
+        None => Writer::Chunks(ChunkWriter::new(
+            plan.kind,
+            &plan.id,
+            plan.created,
+            &plan.model,
+        )),
+    });
     let k = tokens_per_step(plan.tokens_per_second);
     let interval = if plan.tokens_per_second > 0.0 {
         Duration::from_secs_f64(k as f64 / plan.tokens_per_second)
@@ -179,7 +206,10 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
     let mut last_step = first;
     let mut text = String::new();
 
-    if let Some(w) = &writer
+    if let Some(Writer::Responses(w)) = &mut writer {
+        w.start(&mut out.buf);
+    }
+    if let Some(Writer::Chunks(w)) = &writer
         && plan.kind == Kind::Chat
     {
         for c in &plan.choices {
@@ -201,10 +231,17 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
             last_step = now;
         }
         if error_step == Some(step) {
-            if out.sse {
-                out.buf.extend_from_slice(wire::MIDSTREAM_ERROR);
-                out.buf.extend_from_slice(wire::DONE);
-                out.flush().await?;
+            match &mut writer {
+                Some(Writer::Responses(w)) => {
+                    w.error(&mut out.buf);
+                    out.flush().await?;
+                }
+                Some(Writer::Chunks(_)) => {
+                    out.buf.extend_from_slice(wire::MIDSTREAM_ERROR);
+                    out.buf.extend_from_slice(wire::DONE);
+                    out.flush().await?;
+                }
+                None => {}
             }
             engine.metrics.add_error();
             tracker.done = true;
@@ -230,15 +267,25 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
                 text.push_str(t);
             }
             done_tokens[ci] += u32::try_from(end - start).unwrap_or(0);
-            let finish = (end == len).then(|| c.finish.as_str());
-            match &writer {
-                Some(w) => {
+            let finish = (end == len).then_some(c.api_finish);
+            match &mut writer {
+                Some(Writer::Chunks(w)) => {
                     let usage = plan.continuous_usage.then_some(Usage {
                         prompt: plan.prompt_tokens,
                         completion: done_tokens[ci],
                     });
-                    w.content(&mut out.buf, c.index, &text, finish, usage);
+                    let lp = plan
+                        .logprobs
+                        .map(|top| wire::chat_logprobs(&c.tokens[start..end], top, c.lp_seed));
+                    let extra = wire::Extra {
+                        logprobs: lp.as_deref(),
+                        stop_reason: c.stop_reason.as_deref(),
+                        tool: c.tool.as_ref().map(|(id, n)| (id.as_str(), n.as_str())),
+                        first: start == 0,
+                    };
+                    w.content_ex(&mut out.buf, c.index, &text, finish, usage, extra);
                 }
+                Some(Writer::Responses(w)) => w.delta(&mut out.buf, &text, finish),
                 None => out.texts[ci].push_str(&text),
             }
         }
@@ -251,18 +298,24 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
         out.flush().await?;
     }
     let completion = total_tokens(plan);
-    if let Some(w) = &writer {
-        if plan.include_usage {
-            w.usage(
-                &mut out.buf,
-                Usage {
-                    prompt: plan.prompt_tokens,
-                    completion,
-                },
-            );
+    let usage = Usage {
+        prompt: plan.prompt_tokens,
+        completion,
+    };
+    match &mut writer {
+        Some(Writer::Chunks(w)) => {
+            if plan.include_usage {
+                w.usage(&mut out.buf, usage);
+            }
+            out.buf.extend_from_slice(wire::DONE);
+            out.flush().await?;
         }
-        out.buf.extend_from_slice(wire::DONE);
-        out.flush().await?;
+        Some(Writer::Responses(w)) => {
+            // The Responses API always reports usage and ends without [DONE].
+            w.completed(&mut out.buf, usage);
+            out.flush().await?;
+        }
+        None => {}
     }
     let end = Instant::now();
     drop(running);

@@ -10,9 +10,12 @@
 
 mod embeddings;
 pub mod engine;
+mod features;
 mod generate;
 pub mod loadgen;
 pub mod metrics;
+mod pooling;
+mod responses;
 pub mod server;
 pub mod text;
 pub mod wire;

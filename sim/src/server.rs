@@ -3,6 +3,7 @@
 //! Each served model is its own simulated engine ([`crate::engine::Engine`]) with its own
 //! scheduler and metric series, as if several vLLM instances shared one port.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,8 +22,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::Engine;
+use crate::features;
 use crate::generate::{Aborted, ChoicePlan, Out, Plan, run, total_tokens};
 use crate::metrics::{self, Finish, HttpMetrics, ModelMetrics};
+use crate::responses::ResponsesMeta;
 use crate::text;
 use crate::wire::{self, FinalChoice, Kind, Usage};
 
@@ -137,6 +140,24 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
+        .route("/v1/responses", post(responses_api))
+        .route("/tokenize", post(crate::pooling::tokenize))
+        .route("/detokenize", post(crate::pooling::detokenize))
+        .route("/v1/rerank", post(crate::pooling::rerank))
+        .route("/rerank", post(crate::pooling::rerank))
+        .route("/v2/rerank", post(crate::pooling::rerank))
+        .route("/v1/score", post(crate::pooling::score))
+        .route("/score", post(crate::pooling::score))
+        .route("/pooling", post(crate::pooling::pooling))
+        .route("/classify", post(crate::pooling::classify))
+        .route(
+            "/v1/audio/transcriptions",
+            post(crate::pooling::transcription),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(crate::pooling::transcription),
+        )
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
@@ -144,6 +165,7 @@ pub fn router(cfg: SimConfig) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&sim), auth))
         .layer(middleware::from_fn_with_state(Arc::clone(&sim), instrument))
+        .layer(middleware::from_fn(cors))
         .with_state(sim)
 }
 
@@ -234,6 +256,52 @@ async fn instrument(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Re
     let resp = next.run(req).await;
     sim.http.observe(&handler, method, resp.status().as_u16());
     resp
+}
+
+/// CORS as vLLM sets it up: Starlette's `CORSMiddleware` with `--allowed-origins`,
+/// `--allowed-methods` and `--allowed-headers` at their defaults (`["*"]`, no credentials).
+/// A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered
+/// before routing and authentication: 200 `OK`, `Access-Control-Allow-Origin: *`, every
+/// method, the requested headers, max age 600. Other requests with an `Origin` get
+/// `Access-Control-Allow-Origin: *`.
+async fn cors(req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(header::ORIGIN) {
+        return next.run(req).await;
+    }
+    if req.method() == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut r = Response::new(Body::from("OK"));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        if let Some(v) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        }
+        return r;
+    }
+    let mut r = next.run(req).await;
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }
 
 async fn not_found() -> Response {
@@ -341,6 +409,32 @@ struct GenRequest {
     n: Option<u32>,
     #[serde(default)]
     seed: Option<u64>,
+    /// Responses API: the input (a string or a list of items).
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    /// Responses API.
+    #[serde(default)]
+    instructions: Option<String>,
+    /// Responses API.
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    /// Chat: `true` for logprobs (then `top_logprobs` alternatives).
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    stop: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
 }
 
 /// Per-request behaviours forced by `x-sim-behavior` (or drawn from the ratios).
@@ -434,18 +528,29 @@ pub(crate) fn completion_prompts(
 }
 
 async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    generate(sim, Kind::Chat, headers, body).await
+    generate(sim, Kind::Chat, false, headers, body).await
 }
 
 async fn completions(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    generate(sim, Kind::Completion, headers, body).await
+    generate(sim, Kind::Completion, false, headers, body).await
+}
+
+/// `POST /v1/responses`: generated like a chat answer, written as the Responses API.
+async fn responses_api(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(sim, Kind::Chat, true, headers, body).await
 }
 
 pub(crate) fn bad_request(msg: &str) -> Response {
     vllm_error(StatusCode::BAD_REQUEST, msg, "BadRequestError", None)
 }
 
-async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) -> Response {
+async fn generate(
+    sim: Arc<Sim>,
+    kind: Kind,
+    responses: bool,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrival = Instant::now();
     // FastAPI request validation failures (bad JSON, wrong types) → 400 "Bad Request".
     let req: GenRequest = match serde_json::from_slice(&body) {
@@ -465,7 +570,7 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
         return vllm_error(StatusCode::NOT_FOUND, &msg, "NotFoundError", Some("model"));
     };
     let stream = req.stream.unwrap_or(false);
-    if req.stream_options.is_some() && !stream {
+    if req.stream_options.is_some() && !stream && !responses {
         return vllm_error(
             StatusCode::BAD_REQUEST,
             "Stream options can only be defined when `stream=True`.",
@@ -477,12 +582,42 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
     if n == 0 || n > 128 {
         return bad_request(&format!("n must be between 1 and 128, got {n}."));
     }
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    let max_tokens = if responses {
+        req.max_output_tokens
+    } else {
+        req.max_completion_tokens.or(req.max_tokens)
+    };
     if max_tokens == Some(0) {
         return bad_request("max_tokens must be at least 1, got 0.");
     }
     let seed = cfg.seed ^ req.seed.map_or(0, text::mix64);
     let prompts = match kind {
+        Kind::Chat if responses => {
+            let Some(input) = &req.input else {
+                return vllm_error(
+                    StatusCode::BAD_REQUEST,
+                    "Field required: input",
+                    "Bad Request",
+                    None,
+                );
+            };
+            let mut all = req.instructions.clone().unwrap_or_default();
+            match input {
+                serde_json::Value::String(s) => all.push_str(s),
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        if let Some(c) = item.get("content") {
+                            content_text(c, &mut all);
+                        }
+                    }
+                }
+                _ => return bad_request("input must be a string or a list of input items"),
+            }
+            vec![Prompt {
+                hash: text::hash_bytes(seed, all.as_bytes()),
+                tokens: text::CHAT_PROMPT_OVERHEAD.saturating_add(text::estimate_tokens(&all)),
+            }]
+        }
         Kind::Chat => {
             let Some(messages) = &req.messages else {
                 return vllm_error(
@@ -583,6 +718,19 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
     }
 
     // Output plan.
+    let tool_call = if kind == Kind::Chat && !responses {
+        features::tool_call(req.tools.as_deref(), req.tool_choice.as_ref())
+    } else {
+        None
+    };
+    let json_output = features::json_format(req.response_format.as_ref());
+    let stops = features::stop_strings(req.stop.as_ref());
+    let logprobs = match kind {
+        Kind::Chat if !responses && req.logprobs == Some(true) => {
+            Some(req.top_logprobs.unwrap_or(0))
+        }
+        _ => None,
+    };
     let target =
         header_parse::<u32>(&headers, "x-sim-output-tokens").unwrap_or(cfg.max_tokens_default);
     let mut choices = Vec::with_capacity(prompts.len() * n as usize);
@@ -593,33 +741,58 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
                 .saturating_mul(n)
                 .saturating_add(i);
             let h = text::mix64(p.hash ^ u64::from(i).wrapping_mul(0x9E37));
-            let mut tokens = Vec::new();
-            if b.refuse {
-                text::split_tokens(text::refusal_text(h), &mut tokens);
+            let mut words = Vec::new();
+            let mut tool = None;
+            let mut tokens: Vec<Cow<'static, str>> = if b.refuse {
+                text::split_tokens(text::refusal_text(h), &mut words);
+                words.into_iter().map(Cow::Borrowed).collect()
+            } else if let Some((name, schema)) = &tool_call {
+                // `tool_choice` required / named: the output is the call's arguments.
+                tool = Some((
+                    format!("chatcmpl-tool-{:016x}{:016x}", h, text::mix64(h)),
+                    name.clone(),
+                ));
+                features::pieces(&features::json_for_schema(schema.as_ref(), h))
+            } else if let Some(schema) = &json_output {
+                features::pieces(&features::json_for_schema(Some(schema), h))
             } else {
-                text::word_tokens(h, target as usize, &mut tokens);
+                text::word_tokens(h, target as usize, &mut words);
                 if kind == Kind::Chat
-                    && let Some(first) = tokens.first_mut()
+                    && let Some(first) = words.first_mut()
                 {
                     *first = first.trim_start();
                 }
-            }
+                words.into_iter().map(Cow::Borrowed).collect()
+            };
             let want = tokens.len();
             let mut finish = if b.length {
                 Finish::Length
             } else {
                 Finish::Stop
             };
+            let mut stop_reason = None;
+            if tool.is_none() {
+                stop_reason = features::apply_stop(&mut tokens, &stops);
+            }
             if let Some(m) = max_tokens
-                && (m as usize) < want
+                && (m as usize) < tokens.len().min(want)
             {
                 tokens.truncate(m as usize);
                 finish = Finish::Length;
+                stop_reason = None;
             }
+            let api_finish = match (finish, &tool) {
+                (Finish::Stop, Some(_)) => "tool_calls",
+                (f, _) => f.as_str(),
+            };
             choices.push(ChoicePlan {
                 index,
                 tokens,
                 finish,
+                api_finish,
+                tool,
+                stop_reason,
+                lp_seed: h,
             });
         }
     }
@@ -645,6 +818,16 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
         }
         None => (false, false),
     };
+    let params_max_tokens = max_tokens.unwrap_or(limit.saturating_sub(longest_prompt));
+    let responses = responses.then(|| ResponsesMeta {
+        id: format!("resp_{base_id}"),
+        created_at: unix_now(),
+        model: model.clone(),
+        instructions: req.instructions.clone(),
+        max_output_tokens: params_max_tokens,
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+    });
     let plan = Plan {
         kind,
         id,
@@ -663,7 +846,9 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
             0.0
         },
         midstream_error: b.error_midstream,
-        params_max_tokens: max_tokens.unwrap_or(limit.saturating_sub(longest_prompt)),
+        params_max_tokens,
+        responses,
+        logprobs,
     };
     let instant = plan.prefill.is_zero() && plan.tokens_per_second == 0.0;
 
@@ -676,6 +861,29 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
                 "InternalServerError",
                 None,
             ),
+            Ok(()) if plan.responses.is_some() => {
+                let usage = Usage {
+                    prompt: plan.prompt_tokens,
+                    completion: total_tokens(&plan),
+                };
+                let status = match plan.choices.first().map(|c| c.finish) {
+                    Some(Finish::Length) => "incomplete",
+                    _ => "completed",
+                };
+                let mut body = Vec::with_capacity(1024);
+                if let Some(meta) = &plan.responses {
+                    let msg_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+                    let text = out.texts.first().map_or("", String::as_str);
+                    crate::responses::write_response(
+                        &mut body,
+                        meta,
+                        status,
+                        Some(crate::responses::Message { id: &msg_id, text }),
+                        Some(usage),
+                    );
+                }
+                json_response(StatusCode::OK, body)
+            }
             Ok(()) => {
                 let finals: Vec<FinalChoice> = plan
                     .choices
@@ -684,7 +892,12 @@ async fn generate(sim: Arc<Sim>, kind: Kind, headers: HeaderMap, body: Bytes) ->
                     .map(|(c, text)| FinalChoice {
                         index: c.index,
                         text,
-                        finish_reason: c.finish.as_str(),
+                        finish_reason: c.api_finish,
+                        logprobs: plan
+                            .logprobs
+                            .map(|top| wire::chat_logprobs(&c.tokens, top, c.lp_seed)),
+                        stop_reason: c.stop_reason.clone(),
+                        tool: c.tool.clone(),
                     })
                     .collect();
                 let usage = Usage {

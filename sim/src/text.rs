@@ -141,6 +141,13 @@ pub fn word_tokens(h: u64, count: usize, out: &mut Vec<&'static str>) {
     }
 }
 
+/// An alternative vocabulary token (the `k`-th for a token with hash `h`), for logprobs.
+#[must_use]
+pub fn alt_token(h: u64, k: u32) -> &'static str {
+    let idx = usize::try_from(mix64(h ^ u64::from(k)) % VOCAB.len() as u64).unwrap_or(0);
+    VOCAB[idx]
+}
+
 /// Choose one refusal phrasing from a hash.
 #[must_use]
 pub fn refusal_text(h: u64) -> &'static str {

@@ -55,6 +55,22 @@ impl Usage {
     }
 }
 
+/// What a chunk or a final choice carries besides its text, where vLLM writes `null` by
+/// default (`serving_chat.py` / `protocol.py`): `logprobs`, `stop_reason`, tool calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// The rendered chat `logprobs` object (`{"content":[...]}`), else `null`.
+    pub logprobs: Option<&'a str>,
+    /// The stop string that ended the choice, else `null`.
+    pub stop_reason: Option<&'a str>,
+    /// The choice is a tool call `(id, function name)`: its text is the arguments, sent as
+    /// `tool_calls` deltas (`DeltaToolCall`: `id`, `type`, `index`, `function`; id, type
+    /// and name only on the first), as vLLM does for `tool_choice` `required` / named.
+    pub tool: Option<(&'a str, &'a str)>,
+    /// First chunk of this choice.
+    pub first: bool,
+}
+
 /// Per-request chunk writer: holds the pre-rendered `{"id":…,"choices":[` prefix.
 #[derive(Debug, Clone)]
 pub struct ChunkWriter {
@@ -106,17 +122,57 @@ impl ChunkWriter {
         finish: Option<&str>,
         usage: Option<Usage>,
     ) {
+        self.content_ex(out, index, text, finish, usage, Extra::default());
+    }
+
+    /// [`Self::content`] with logprobs, a stop string or a tool call.
+    pub fn content_ex(
+        &self,
+        out: &mut Vec<u8>,
+        index: u32,
+        text: &str,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+        extra: Extra<'_>,
+    ) {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&self.prefix);
         match self.kind {
             Kind::Chat => {
-                let _ = write!(out, "{{\"index\":{index},\"delta\":{{\"content\":");
-                json_str(out, text);
-                out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+                let _ = write!(out, "{{\"index\":{index},\"delta\":{{");
+                match extra.tool {
+                    Some((id, name)) => {
+                        out.extend_from_slice(b"\"tool_calls\":[{");
+                        if extra.first {
+                            out.extend_from_slice(b"\"id\":");
+                            json_str(out, id);
+                            out.extend_from_slice(
+                                b",\"type\":\"function\",\"index\":0,\"function\":{\"name\":",
+                            );
+                            json_str(out, name);
+                            out.extend_from_slice(b",\"arguments\":");
+                        } else {
+                            out.extend_from_slice(b"\"index\":0,\"function\":{\"arguments\":");
+                        }
+                        json_str(out, text);
+                        out.extend_from_slice(b"}}]");
+                    }
+                    None => {
+                        out.extend_from_slice(b"\"content\":");
+                        json_str(out, text);
+                    }
+                }
+                out.extend_from_slice(b"},\"logprobs\":");
+                out.extend_from_slice(extra.logprobs.unwrap_or("null").as_bytes());
+                out.extend_from_slice(b",\"finish_reason\":");
                 match finish {
                     Some(f) => {
                         json_str(out, f);
-                        out.extend_from_slice(b",\"stop_reason\":null");
+                        out.extend_from_slice(b",\"stop_reason\":");
+                        match extra.stop_reason {
+                            Some(r) => json_str(out, r),
+                            None => out.extend_from_slice(b"null"),
+                        }
                     }
                     None => out.extend_from_slice(b"null"),
                 }
@@ -135,8 +191,13 @@ impl ChunkWriter {
                     Some(f) => json_str(out, f),
                     None => out.extend_from_slice(b"null"),
                 }
+                out.extend_from_slice(b",\"stop_reason\":");
+                match extra.stop_reason.filter(|_| finish.is_some()) {
+                    Some(r) => json_str(out, r),
+                    None => out.extend_from_slice(b"null"),
+                }
                 out.extend_from_slice(
-                    b",\"stop_reason\":null,\"prompt_token_ids\":null,\"token_ids\":null}],\"usage\":",
+                    b",\"prompt_token_ids\":null,\"token_ids\":null}],\"usage\":",
                 );
                 match usage {
                     Some(u) => u.write_stream(out),
@@ -173,6 +234,12 @@ pub struct FinalChoice {
     pub text: String,
     /// Finish reason.
     pub finish_reason: &'static str,
+    /// Rendered chat `logprobs` object, else `null`.
+    pub logprobs: Option<String>,
+    /// The stop string that ended the choice.
+    pub stop_reason: Option<String>,
+    /// A tool call `(id, function name)` whose arguments are `text`.
+    pub tool: Option<(String, String)>,
 }
 
 /// A non-stream `chat.completion` or `text_completion` body.
@@ -210,20 +277,42 @@ pub fn full_response(
                     "{{\"index\":{},\"message\":{{\"role\":\"assistant\",\"content\":",
                     c.index
                 );
-                json_str(&mut out, &c.text);
+                json_str(&mut out, if c.tool.is_some() { "" } else { &c.text });
                 out.extend_from_slice(
-                    b",\"refusal\":null,\"annotations\":null,\"audio\":null,\"function_call\":null,\"tool_calls\":[],\"reasoning\":null},\"logprobs\":null,\"finish_reason\":",
+                    b",\"refusal\":null,\"annotations\":null,\"audio\":null,\"function_call\":null,\"tool_calls\":[",
                 );
+                if let Some((id, name)) = &c.tool {
+                    out.extend_from_slice(b"{\"id\":");
+                    json_str(&mut out, id);
+                    out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                    json_str(&mut out, name);
+                    out.extend_from_slice(b",\"arguments\":");
+                    json_str(&mut out, &c.text);
+                    out.extend_from_slice(b"}}");
+                }
+                out.extend_from_slice(b"],\"reasoning\":null},\"logprobs\":");
+                out.extend_from_slice(c.logprobs.as_deref().unwrap_or("null").as_bytes());
+                out.extend_from_slice(b",\"finish_reason\":");
                 json_str(&mut out, c.finish_reason);
-                out.extend_from_slice(b",\"stop_reason\":null,\"token_ids\":null}");
+                out.extend_from_slice(b",\"stop_reason\":");
+                match &c.stop_reason {
+                    Some(r) => json_str(&mut out, r),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"token_ids\":null}");
             }
             Kind::Completion => {
                 let _ = write!(out, "{{\"index\":{},\"text\":", c.index);
                 json_str(&mut out, &c.text);
                 out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
                 json_str(&mut out, c.finish_reason);
+                out.extend_from_slice(b",\"stop_reason\":");
+                match &c.stop_reason {
+                    Some(r) => json_str(&mut out, r),
+                    None => out.extend_from_slice(b"null"),
+                }
                 out.extend_from_slice(
-                    b",\"stop_reason\":null,\"token_ids\":null,\"prompt_logprobs\":null,\"prompt_token_ids\":null}",
+                    b",\"token_ids\":null,\"prompt_logprobs\":null,\"prompt_token_ids\":null}",
                 );
             }
         }
@@ -237,6 +326,48 @@ pub fn full_response(
         Kind::Completion => out.extend_from_slice(b",\"kv_transfer_params\":null}"),
     }
     out
+}
+
+/// A chat `logprobs` object for `tokens` (`ChatCompletionLogProbs`: `content`, a list of
+/// `{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`), with `top`
+/// alternatives each (the chosen token first). Log-probabilities are deterministic
+/// functions of `h` and the token, rounded like a float32 printed by Python.
+#[must_use]
+pub fn chat_logprobs<S: AsRef<str>>(tokens: &[S], top: u32, h: u64) -> String {
+    fn one(out: &mut Vec<u8>, token: &str, lp: f64) {
+        out.extend_from_slice(b"{\"token\":");
+        json_str(out, token);
+        let _ = write!(out, ",\"logprob\":{lp:?},\"bytes\":");
+        let _ = serde_json::to_writer(&mut *out, token.as_bytes());
+    }
+    let mut out = Vec::with_capacity(64 + tokens.len() * 96);
+    out.extend_from_slice(b"{\"content\":[");
+    for (i, t) in tokens.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let t = t.as_ref();
+        let th = crate::text::hash_bytes(h, t.as_bytes());
+        let lp = -((crate::text::unit_f64(th) * 2.0 * 1e4).round() / 1e4);
+        one(&mut out, t, lp);
+        out.extend_from_slice(b",\"top_logprobs\":[");
+        for k in 0..top {
+            if k > 0 {
+                out.push(b',');
+            }
+            if k == 0 {
+                one(&mut out, t, lp);
+            } else {
+                let alt = crate::text::alt_token(th, k);
+                let alp = lp - f64::from(k);
+                one(&mut out, alt, alp);
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// vLLM's nested error body (>= v0.10.1): `code` is the integer HTTP status.
@@ -331,6 +462,9 @@ mod tests {
                 index: 0,
                 text: "391".into(),
                 finish_reason: "stop",
+                logprobs: None,
+                stop_reason: None,
+                tool: None,
             }],
             Usage {
                 prompt: 163,
@@ -341,6 +475,59 @@ mod tests {
         assert_eq!(s(&body), want);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["usage"]["total_tokens"], 221);
+    }
+
+    #[test]
+    fn tool_call_logprobs_and_stop_shapes() {
+        let w = ChunkWriter::new(Kind::Chat, "c", 1, "m");
+        let mut out = Vec::new();
+        let tool = Some(("chatcmpl-tool-1", "get_weather"));
+        w.content_ex(
+            &mut out,
+            0,
+            "{\"ci",
+            None,
+            None,
+            Extra {
+                tool,
+                first: true,
+                ..Extra::default()
+            },
+        );
+        w.content_ex(
+            &mut out,
+            0,
+            "ty\":1}",
+            Some("tool_calls"),
+            None,
+            Extra {
+                tool,
+                ..Extra::default()
+            },
+        );
+        let text = s(&out);
+        assert!(text.contains(r#""delta":{"tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,"function":{"name":"get_weather","arguments":"{\"ci"}}]}"#), "{text}");
+        assert!(text.contains(r#""delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\":1}"}}]},"logprobs":null,"finish_reason":"tool_calls","stop_reason":null"#), "{text}");
+        let lp = chat_logprobs(&["Hi"], 2, 5);
+        let v: serde_json::Value = serde_json::from_str(&lp).unwrap();
+        assert_eq!(v["content"][0]["token"], "Hi");
+        assert_eq!(v["content"][0]["bytes"], serde_json::json!([72, 105]));
+        assert_eq!(v["content"][0]["top_logprobs"].as_array().unwrap().len(), 2);
+        let mut out = Vec::new();
+        w.content_ex(
+            &mut out,
+            0,
+            "a",
+            Some("stop"),
+            None,
+            Extra {
+                stop_reason: Some("."),
+                logprobs: Some(&lp),
+                ..Extra::default()
+            },
+        );
+        assert!(s(&out).contains(r#""finish_reason":"stop","stop_reason":".""#));
+        assert!(s(&out).contains(r#""logprobs":{"content":[{"token":"Hi""#));
     }
 
     #[test]

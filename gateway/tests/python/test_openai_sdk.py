@@ -173,7 +173,7 @@ def test_mid_stream_error_raises_api_error(stack):
 def test_bad_request_raises_bad_request(stack):
     client, _, _ = stack
     with pytest.raises(openai.BadRequestError):
-        client.post("/chat/completions", body={"messages": []}, cast_to=object)
+        client.post("/chat/completions", body={"model": MODEL, "messages": "not a list"}, cast_to=object)
 
 
 def test_every_request_has_one_event(stack):
