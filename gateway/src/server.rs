@@ -323,13 +323,22 @@ impl Shared {
                 let active = ActiveRequest::begin(st.clone());
                 let router = router.clone();
                 let draining = draining.is_cancelled();
+                let body_read =
+                    Arc::new(AtomicBool::new(http_body::Body::is_end_stream(req.body())));
+                let req = req.map(|inner| ReadTracked {
+                    inner,
+                    done: body_read.clone(),
+                });
                 async move {
                     let h1 = req.version() < Version::HTTP_2;
                     let mut resp = match router.oneshot(req).await {
                         Ok(r) => r,
                         Err(never) => match never {},
                     };
-                    if h1 && draining {
+                    // An answer given before the request body was read (401, 413,
+                    // 429, ...) ends the connection: hyper cannot reuse it with
+                    // unread body bytes in it, so the client must not either.
+                    if h1 && (draining || !body_read.load(Ordering::Relaxed)) {
                         resp.headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
@@ -505,6 +514,36 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadTracked {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadTracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

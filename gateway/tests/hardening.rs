@@ -538,3 +538,36 @@ async fn bad_upstream_answers_are_relayed_truthfully_and_safely() {
     assert_eq!(err["code"], "upstream_invalid_response");
     assert_eq!(gw.event_for("nosse").await["status"], 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_was_read_closes_the_connection() {
+    let sim = start_sim(fast_sim()).await;
+    let cfg = format!(
+        "[routing]\ndefault_pool = \"main\"\n[pools.main]\nendpoints = [\"{}\"]\n[tenants.acme]\napi_key_sha256 = [\"{}\"]\n",
+        sim.url,
+        gateway::auth::hash_key_hex("sk-acme")
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let request = |key: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             authorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Served: the body was read, the connection stays open for the next request.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(request("sk-acme").as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // Refused before its body was read: the client is told not to reuse it.
+    s.write_all(request("sk-wrong").as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(assert_openai_error(&body)["type"], "authentication_error");
+    let (rest, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "{rest:?}");
+}

@@ -235,6 +235,12 @@ async fn new_routes_share_slots_and_the_drain() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+    // That answer came before its body was read, so its connection closes; a
+    // bodiless request leaves one kept alive in the client's pool.
+    assert_eq!(r.headers()["connection"], "close");
+    let r = c.get(format!("{}/healthz", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
     // Draining: a request on an open keep-alive connection gets 503 and its event.
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
