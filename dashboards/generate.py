@@ -608,8 +608,8 @@ def gateway() -> Board:
 
     mt = 'model=~"$model", tenant=~"$tenant"'
     m = 'model=~"$model"'
-    # The latency alert looks at completions only (embeddings and /v1/models are quick).
-    mr = 'model=~"$model", route=~"/v1/chat/completions|/v1/completions"'
+    # The latency alert looks at generation routes only (embeddings, tokenize and /v1/models are quick).
+    mr = 'model=~"$model", route=~"/v1/chat/completions|/v1/completions|/v1/responses|/v1/messages"'
 
     def req(by: str = "", extra: str = "") -> str:
         return rate("llm_gateway_requests_total", mt + (", " + extra if extra else ""), by)
@@ -994,7 +994,7 @@ def gateway() -> Board:
                 loki(
                     f"quantile_over_time(0.95, {events} "
                     '| json latency_ms="latency_ms", route="route" '
-                    '| route=~"/v1/chat/completions|/v1/completions" '
+                    '| route=~"/v1/chat/completions|/v1/completions|/v1/responses|/v1/messages" '
                     '| unwrap latency_ms | __error__="" [$__auto]) by (model)',
                     "{{model}}",
                 )
