@@ -38,6 +38,7 @@ fn base_event() -> Event {
         completion_tokens: Some(128),
         refusal: false,
         refusal_reason: None,
+        refusal_kind: None,
         cost_usd: Some(0.0000298),
         error_type: None,
         endpoint: Some("10.0.0.5:8000".into()),
@@ -54,7 +55,16 @@ fn representative() -> Vec<Event> {
         ttft_ms: None,
         refusal: true,
         refusal_reason: Some("cannot_assist".into()),
+        refusal_kind: Some("full"),
         refusal_excerpt: Some("I'm sorry, but I can".into()),
+        ..base_event()
+    };
+    // A hedge: a refusal cue, then part of an answer.
+    let partial = Event {
+        request_id: "req-6".into(),
+        refusal: false,
+        refusal_reason: Some("as_an_ai_cannot".into()),
+        refusal_kind: Some("partial"),
         ..base_event()
     };
     let disconnect = Event {
@@ -98,7 +108,14 @@ fn representative() -> Vec<Event> {
         error_type: Some("upstream_unreachable"),
         ..base_event()
     };
-    vec![ok, refusal, disconnect, unauthorized, upstream_down]
+    vec![
+        ok,
+        refusal,
+        disconnect,
+        unauthorized,
+        upstream_down,
+        partial,
+    ]
 }
 
 #[test]

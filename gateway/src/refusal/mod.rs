@@ -87,17 +87,25 @@
 mod config;
 mod detector;
 mod eval;
+mod features;
+mod model;
 mod rules;
+mod weights;
 
 pub use config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 pub use detector::{
-    CONTENT_FILTER, Detector, RefusalError, Signals, UPSTREAM_REFUSAL, Verdict, default_rules,
+    CONTENT_FILTER, Detector, PARTIAL_SCORE, RefusalError, RefusalKind, Signals, UPSTREAM_REFUSAL,
+    Verdict, default_rules,
 };
 pub use eval::{
-    CheckStats, Confusion, EvalReport, LabelCounts, RuleHits, Scores, run_check, run_eval,
+    CheckStats, Confusion, EvalReport, LabelCounts, LabeledRow, LosoFold, RuleHits, Scores,
+    SourceScores, SourcesReport, read_labeled, run_check, run_eval, run_eval_sources,
+    train_weights_file, training_examples,
 };
+pub use features::{FEATURE_NAMES, Features, N_FEATURES};
+pub use model::{Example, L2, Model, train};
 
 #[cfg(test)]
 mod tests;
