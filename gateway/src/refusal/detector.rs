@@ -9,7 +9,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, TAIL_BYTES, bits, fi,
+    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, TAIL_BYTES, TAIL_CUES, bits,
+    fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -147,8 +148,9 @@ pub struct Detector {
     /// The first `n_default` rules are the compiled-in ones: with a model
     /// they are features, not decisions.
     n_default: usize,
-    /// Cues over the head and the tail of the window ([`CUES`]).
-    cues: Option<RegexSet>,
+    /// Cues over the head of the window ([`CUES`]) and the few
+    /// ([`TAIL_CUES`]) looked for in its tail.
+    cues: Option<(RegexSet, RegexSet)>,
     /// The structural model; `None` in `mode = "replace"` (rules decide).
     model: Option<Model>,
     scan_bytes: usize,
@@ -275,11 +277,16 @@ impl Detector {
             .map_err(|e| RefusalError::RuleSet(e.to_string()))?;
         let answer_follows = answer_follows_regex()?;
         let (cues, model) = if n_default > 0 {
-            let cues = RegexSetBuilder::new(CUES.iter().map(|(_, t)| expand(t)))
-                .size_limit(REGEX_SIZE_LIMIT)
-                .dfa_size_limit(DFA_SIZE_LIMIT)
-                .build()
-                .map_err(|e| RefusalError::RuleSet(e.to_string()))?;
+            let build = |pats: Vec<String>| {
+                RegexSetBuilder::new(pats)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(DFA_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| RefusalError::RuleSet(e.to_string()))
+            };
+            let head = build(CUES.iter().map(|(_, t)| expand(t)).collect())?;
+            let tail = build(TAIL_CUES.iter().map(|&i| expand(CUES[i].1)).collect())?;
+            let cues = (head, tail);
             (
                 Some(cues),
                 Some(Model {
@@ -425,6 +432,22 @@ impl Detector {
         })
     }
 
+    /// Benchmark helper: runs one stage of [`Detector::detect`] on `text`
+    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass).
+    #[doc(hidden)]
+    pub fn bench_stage(&self, stage: u8, text: &str) -> usize {
+        let window = prefix(text, self.scan_bytes).as_bytes();
+        match stage {
+            0 => self.set.matches(window).iter().count(),
+            1 => self.cues.as_ref().map_or(0, |(hs, ts)| {
+                let head = &window[..window.len().min(HEAD_BYTES)];
+                let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
+                hs.matches(head).iter().count() + ts.matches(tail).iter().count()
+            }),
+            _ => Shape::of(window).list_lines as usize,
+        }
+    }
+
     /// The model in use, if any.
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
@@ -448,14 +471,20 @@ impl Detector {
                 }
             }
         }
-        if let Some(cs) = &self.cues {
+        if let Some((hs, ts)) = &self.cues {
             let head = &window[..window.len().min(HEAD_BYTES)];
-            c.head = bits(&cs.matches(head), 0, CUES.len());
+            c.head = bits(&hs.matches(head), 0, CUES.len());
             c.tail = if window.len() <= HEAD_BYTES {
                 c.head
             } else {
-                let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
-                bits(&cs.matches(tail), 0, CUES.len())
+                let m = ts.matches(&window[window.len().saturating_sub(TAIL_BYTES)..]);
+                let mut b = 0;
+                for (k, &i) in TAIL_CUES.iter().enumerate() {
+                    if m.matched(k) {
+                        b |= 1 << i;
+                    }
+                }
+                b
             };
         }
         (c, m)

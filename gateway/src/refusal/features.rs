@@ -7,15 +7,25 @@
 //! what the response is made of (its length, lists, code, labelled lines,
 //! paragraphs, questions back to the user). [`Features::extract`] fills a
 //! fixed-size vector from three regex-set searches (opening rules over the
-//! window, cues over its first [`HEAD_BYTES`] and over its last
-//! [`TAIL_BYTES`]) and one pass over the bytes; nothing is allocated.
+//! window, cues over its first [`HEAD_BYTES`] and a few over its last
+//! [`TAIL_BYTES`]) and one `memchr` pass over the bytes.
 
 use regex::bytes::SetMatches;
 
 /// Bytes at the start of the window searched for head cues.
-pub(crate) const HEAD_BYTES: usize = 640;
-/// Bytes at the end of the window searched for tail cues.
-pub(crate) const TAIL_BYTES: usize = 480;
+pub(crate) const HEAD_BYTES: usize = 512;
+/// Bytes at the end of the window searched for the tail cues.
+pub(crate) const TAIL_BYTES: usize = 320;
+
+/// The cues (indices in [`CUES`]) also looked for in the tail: how a
+/// refusal ends (a closing offer, a redirect, a restated inability).
+pub(crate) const TAIL_CUES: &[usize] = &[
+    cue::INABILITY,
+    cue::POLICY_REASON,
+    cue::REDIRECT,
+    cue::OFFER_OTHER,
+    cue::DEFLECT_QUESTION,
+];
 
 /// Cue patterns searched (unanchored) in the head and, separately, in the
 /// tail of the window. Templates use the fragments of `rules.rs`.
@@ -68,7 +78,7 @@ pub(crate) const CUES: &[(&str, &str)] = &[
     // A role-play persona or "developer mode" marker: the answer comes after.
     (
         "persona",
-        r"(?i-u)\xF0\x9F\x94\x93|\bdeveloper\s+mode\b|\bjailbr(?:ea|o)k(?:en)?\b|\[[^\]\n]{1,24}\]\s*:?",
+        r"(?i-u)\xF0\x9F\x94\x93|\bdeveloper\s+mode\b|\bjailbr(?:ea|o)k(?:en)?\b|\[[^\]\n]+\]",
     ),
     // The refusal cue is quoted or said by someone else.
     (
@@ -106,7 +116,7 @@ pub(crate) const CUES: &[(&str, &str)] = &[
     // overview:\n- ...", "here are some ideas: 1. ...", "what I know: the ...".
     (
         "announced_answer",
-        r"(?i-u)\b(?:however|but|that\s+said|here(?:\s+are|\s+is|<A>s)|i\s+can\s+(?:tell|provide|give|offer|share|explain|suggest|describe|list|outline))\b[^.!?\n]{0,100}:\s*\S",
+        r"(?i-u)\b(?:however|but|that\s+said|here(?:\s+are|\s+is|<A>s)|i\s+can\s+(?:tell|provide|give|offer|share|explain|suggest|describe|list|outline))\b[^.!?\n]*:\s*\S",
     ),
 ];
 
@@ -266,50 +276,44 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
+    /// One pass with `memchr` over line ends and question marks (SIMD), and
+    /// a look at the start of each line.
     pub(crate) fn of(w: &[u8]) -> Shape {
         let mut s = Shape {
             len: w.len(),
             paragraphs: 1,
+            questions: memchr::memchr_iter(b'?', w).count() as u32,
+            code: memchr::memmem::find(w, b"```").is_some(),
             ..Shape::default()
         };
-        let mut i = 0;
-        let n = w.len();
-        let mut last_non_space = 0u8;
-        while i < n {
-            // At a line start: skip indentation, classify the line.
-            let mut j = i;
-            while j < n && (w[j] == b' ' || w[j] == b'\t') {
+        let mut line_start = 0;
+        loop {
+            let mut j = line_start;
+            while j < w.len() && (w[j] == b' ' || w[j] == b'\t') {
                 j += 1;
             }
-            if j < n {
-                let rest = &w[j..];
-                if is_list_marker(rest) {
-                    s.list_lines += 1;
-                } else if rest.starts_with(b"```") {
-                    s.code = true;
-                } else if is_label(rest) {
-                    s.label_lines += 1;
-                }
+            let rest = &w[j..];
+            if is_list_marker(rest) {
+                s.list_lines += 1;
+            } else if is_label(rest) {
+                s.label_lines += 1;
             }
-            // Scan to the end of the line.
-            let end = memchr::memchr(b'\n', &w[j..]).map_or(n, |k| j + k);
-            for &b in &w[j..end] {
-                if b == b'?' {
-                    s.questions += 1;
+            match memchr::memchr(b'\n', rest) {
+                Some(k) => {
+                    let end = j + k;
+                    if w.get(end + 1) == Some(&b'\n') {
+                        s.paragraphs += 1;
+                    }
+                    line_start = end + 1;
                 }
-                if !b.is_ascii_whitespace() {
-                    last_non_space = b;
-                }
+                None => break,
             }
-            if end < n && w.get(end + 1) == Some(&b'\n') {
-                s.paragraphs += 1;
-            }
-            i = end + 1;
         }
-        if !s.code && memchr::memmem::find(w, b"```").is_some() {
-            s.code = true;
-        }
-        s.ends_with_question = last_non_space == b'?';
+        s.ends_with_question = w
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'?');
         s
     }
 }
