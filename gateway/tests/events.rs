@@ -207,6 +207,7 @@ fn golden_events_match_the_schema() {
         "completion_tokens",
         "refusal",
         "refusal_reason",
+        "refusal_kind",
         "cost_usd",
         "error_type",
     ];
@@ -464,6 +465,7 @@ async fn no_text_in_events_unless_audit_is_on() {
     let refused = gw.event_for("refused").await;
     assert_eq!(refused["refusal"], true, "{refused}");
     assert!(refused["refusal_reason"].is_string());
+    assert_eq!(refused["refusal_kind"], "full", "{refused}");
     assert!(refused.get("refusal_excerpt").is_none());
     gw.event_for("plain").await;
     let raw = std::fs::read_to_string(&gw.events_path).unwrap();

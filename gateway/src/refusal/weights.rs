@@ -8,52 +8,52 @@ pub(crate) const BIAS: f64 = -2.3129;
 
 /// Weights of the refusal model, in `FEATURE_NAMES` order.
 pub(crate) const WEIGHTS: [f64; 48] = [
-    2.3382,  // rule_hard
-    2.1592,  // rule_soft
-    1.5786,  // ai_opening
-    0.6452,  // apology_open
-    1.0952,  // understand_open
+    2.3382, // rule_hard
+    2.1592, // rule_soft
+    1.5786, // ai_opening
+    0.6452, // apology_open
+    1.0952, // understand_open
     -0.5087, // comply_open
-    1.2055,  // inability
+    1.2055, // inability
     -0.1006, // self_inability_only
-    1.0008,  // policy_reason
-    1.2750,  // redirect
-    1.8269,  // instead
-    0.0393,  // offer_other
+    1.0008, // policy_reason
+    1.2750, // redirect
+    1.8269, // instead
+    0.0393, // offer_other
     -0.2040, // here_is
-    0.1831,  // contrast_help
-    0.4352,  // no_opinion
-    0.6783,  // moral
+    0.1831, // contrast_help
+    0.4352, // no_opinion
+    0.6783, // moral
     -0.6758, // persona
     -0.0195, // quoted_cue
     -0.6814, // will_help
-    0.8258,  // sorry
-    1.2916,  // premise_reject
-    0.5230,  // deflect_question
-    0.2954,  // concern
-    0.0307,  // announced_answer
-    0.4684,  // tail_inability
-    0.1158,  // tail_redirect
+    0.8258, // sorry
+    1.2916, // premise_reject
+    0.5230, // deflect_question
+    0.2954, // concern
+    0.0307, // announced_answer
+    0.4684, // tail_inability
+    0.1158, // tail_redirect
     -0.5934, // tail_offer_other
-    0.8859,  // tail_policy_reason
+    0.8859, // tail_policy_reason
     -0.0277, // len_lt_150
-    1.4540,  // len_lt_400
-    0.1771,  // len_lt_800
+    1.4540, // len_lt_400
+    0.1771, // len_lt_800
     -0.9803, // len_lt_1600
     -0.6231, // len_ge_1600
     -1.1989, // list_lines_ge_2
     -0.6377, // code
     -1.3291, // label_lines
-    0.8577,  // paragraphs_ge_3
-    1.8272,  // questions_ge_2
-    0.3587,  // ends_with_question
-    1.4253,  // refusal_cue_x_long
+    0.8577, // paragraphs_ge_3
+    1.8272, // questions_ge_2
+    0.3587, // ends_with_question
+    1.4253, // refusal_cue_x_long
     -0.4322, // refusal_cue_x_list
     -0.7853, // refusal_cue_x_answer_cue
     -0.2552, // refusal_cue_x_persona
     -0.7335, // soft_x_long
-    0.4941,  // redirect_x_short
-    0.5836,  // offer_other_x_short
-    1.0380,  // apology_open_x_short
+    0.4941, // redirect_x_short
+    0.5836, // offer_other_x_short
+    1.0380, // apology_open_x_short
     -0.8509, // short_without_cue
 ];
