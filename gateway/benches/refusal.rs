@@ -11,6 +11,7 @@
 //! most 5 µs per 4 KB response.
 
 use std::hint::black_box;
+use std::io::Write;
 
 use criterion::{Criterion, criterion_group};
 use gateway::refusal::{Detector, Signals};
@@ -127,7 +128,9 @@ fn latency_distribution() {
     }
     ns.sort_unstable();
     let q = |p: f64| ns[((n as f64 * p) as usize).min(n - 1)];
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "refusal_detect 4 KB latency over {n} calls: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
         q(0.5),
         q(0.99),

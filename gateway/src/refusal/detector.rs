@@ -378,10 +378,12 @@ impl Detector {
         // at most a hedge; only an opening hard rule can still make it a
         // full refusal through the model.
         let announced = x.0[fi::ANNOUNCED_ANSWER] > 0.0 && x.0[fi::RULE_HARD] == 0.0;
-        let kind = if score >= 0.0 && !announced {
-            RefusalKind::Full
-        } else if score >= 0.0 {
-            RefusalKind::Partial
+        let kind = if score >= 0.0 {
+            if announced {
+                RefusalKind::Partial
+            } else {
+                RefusalKind::Full
+            }
         } else if refusal_cue && score >= PARTIAL_SCORE {
             RefusalKind::Partial
         } else {

@@ -455,19 +455,8 @@ pub fn run_eval_sources(
     )?;
     writeln!(
         output,
-        "  {:<width$} {:>5} {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}  {}",
-        "source",
-        "rows",
-        "ref",
-        "part",
-        "comp",
-        "A P",
-        "A R",
-        "A F1",
-        "B P",
-        "B R",
-        "B F1",
-        "kind=partial"
+        "  {:<width$} {:>5} {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}  kind=partial",
+        "source", "rows", "ref", "part", "comp", "A P", "A R", "A F1", "B P", "B R", "B F1",
     )?;
     let mut sources = Vec::new();
     for (src, rs) in &by {
@@ -515,8 +504,8 @@ pub fn run_eval_sources(
             )?;
             writeln!(
                 output,
-                "  {:<width$} {:>6} {:>6} {:>6}  {:>4} {:>4} {:>4} {:>5}  {}",
-                "source", "P", "R", "F1", "tp", "fp", "fn", "tn", ""
+                "  {:<width$} {:>6} {:>6} {:>6}  {:>4} {:>4} {:>4} {:>5}",
+                "source", "P", "R", "F1", "tp", "fp", "fn", "tn"
             )?;
             let mut sum = 0.0;
             let mut n = 0usize;

@@ -74,6 +74,7 @@ pub struct Example {
 
 /// Fits a logistic regression with an L2 penalty by Newton's method.
 /// Deterministic: same rows in the same order give the same model.
+#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn train(rows: &[Example], l2: f64) -> Model {
     const D: usize = N_FEATURES + 1; // bias last
     let mut beta = [0.0f64; D];
@@ -133,6 +134,7 @@ pub(crate) fn sigmoid(z: f64) -> f64 {
 
 /// Solves `a · x = b` (Gaussian elimination with partial pivoting; `a` is
 /// symmetric positive definite thanks to the penalty).
+#[allow(clippy::needless_range_loop)]
 fn solve<const D: usize>(mut a: Vec<[f64; D]>, mut b: [f64; D]) -> [f64; D] {
     for col in 0..D {
         let mut piv = col;
