@@ -112,8 +112,8 @@ pub use config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 pub use detector::{
-    CONTENT_FILTER, Detector, PARTIAL_SCORE, RefusalError, RefusalKind, Signals, UPSTREAM_REFUSAL,
-    Verdict, default_rules,
+    CONTENT_FILTER, DECISION_SCORE, Detector, PARTIAL_SCORE, RefusalError, RefusalKind, Signals,
+    UPSTREAM_REFUSAL, Verdict, default_rules,
 };
 pub use eval::{
     CheckStats, Confusion, EvalReport, LabelCounts, LabeledRow, LosoFold, RuleHits, Scores,
