@@ -622,8 +622,11 @@ def gateway() -> Board:
             f'or rate(llm_gateway_requests_total{{{mt}, finish_reason="error"}}[{RI}]))'
         )
 
+    # Full refusals only: kind="partial" counts hedges (the event's refusal is false).
+    mtf = mt + ', kind="full"'
+
     def refusal_ratio(by: str = "") -> str:
-        return f"{rate('llm_gateway_refusals_total', mt, by)} / ({req(by)} > 0)"
+        return f"{rate('llm_gateway_refusals_total', mtf, by)} / ({req(by)} > 0)"
 
     def sel(extra: str = "") -> str:
         more = f", {extra}" if extra else ""
@@ -895,7 +898,7 @@ def gateway() -> Board:
         timeseries(
             "Refusal rate (metrics)",
             [
-                prom(f"({rate('llm_gateway_refusals_total', mt)} or vector(0)) / ({req()} > 0)", "all"),
+                prom(f"({rate('llm_gateway_refusals_total', mtf)} or vector(0)) / ({req()} > 0)", "all"),
                 prom(refusal_ratio("model"), "{{model}}"),
             ],
             "percentunit",

@@ -684,7 +684,7 @@ SEMANTIC: list[Json] = [
         "panel": ("llm-gateway", 501, "A"),
         "series": [
             (f'llm_gateway_requests_total{{{GW}, status="200", finish_reason="stop"}}', "0+60x20"),
-            ('llm_gateway_refusals_total{model="m", tenant="t"}', "0+15x20"),
+            ('llm_gateway_refusals_total{model="m", tenant="t", kind="full"}', "0+15x20"),
         ],
         "expect": [("{}", 0.25)],
     },

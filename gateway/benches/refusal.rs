@@ -1,10 +1,19 @@
 //! Cost of `Detector::detect` per response.
 //!
 //! `cargo bench -p gateway --bench refusal`
+//!
+//! Criterion measures the mean/median per shape of response; after it, a
+//! latency distribution is measured directly: every call on 4 KB texts of
+//! four kinds (answer with list and code, plain prose, a refusal followed by
+//! a long lecture, a disclaimer then an answer) is timed on its own with
+//! `Instant` (about 20-30 ns of timer overhead included), 50,000 calls after
+//! a warm-up, and p50 / p99 / p99.9 / max are printed. The goal is p99 at
+//! most 5 µs per 4 KB response.
 
 use std::hint::black_box;
+use std::io::Write;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use gateway::refusal::{Detector, Signals};
 
 /// A typical 1-2 KB answer with a list and code (the override path).
@@ -70,8 +79,70 @@ fn bench(c: &mut Criterion) {
     g.bench_function("text_100kb_window_4kb", |b| {
         b.iter(|| det.detect(black_box(&sig), black_box(&big)))
     });
+    for stage in 0..3u8 {
+        g.bench_function(format!("text_4kb_stage{stage}"), |b| {
+            b.iter(|| det.bench_stage(stage, black_box(&four_kb)))
+        });
+    }
     g.finish();
 }
 
+/// Cuts `s` repeated to exactly `n` bytes (on a char boundary at or below n).
+fn to_len(s: &str, n: usize) -> String {
+    let r = s.repeat(n / s.len() + 1);
+    let mut end = n;
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    r[..end].to_owned()
+}
+
+fn latency_distribution() {
+    let det = Detector::with_defaults();
+    let sig = Signals::default();
+    let lecture = format!(
+        "{} {}",
+        refusal_text(),
+        "It is important to remember that such actions are illegal and unethical, and they can cause serious harm to others. "
+    );
+    let hedge = format!(
+        "As an AI, I don't have personal opinions. However, here is an overview:\n\n{}",
+        compliance_text()
+    );
+    let texts: Vec<String> = [compliance_text(), prose_text(), lecture, hedge]
+        .iter()
+        .map(|t| to_len(t, 4096))
+        .collect();
+    for t in &texts {
+        for _ in 0..2_000 {
+            black_box(det.detect(&sig, black_box(t)));
+        }
+    }
+    let n = 50_000;
+    let mut ns: Vec<u64> = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = &texts[i % texts.len()];
+        let start = std::time::Instant::now();
+        black_box(det.detect(black_box(&sig), black_box(t)));
+        ns.push(start.elapsed().as_nanos() as u64);
+    }
+    ns.sort_unstable();
+    let q = |p: f64| ns[((n as f64 * p) as usize).min(n - 1)];
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "refusal_detect 4 KB latency over {n} calls: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        ns[n - 1]
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    latency_distribution();
+    Criterion::default().configure_from_args().final_summary();
+}

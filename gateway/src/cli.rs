@@ -70,10 +70,25 @@ pub enum RefusalCommand {
         #[arg(long)]
         input: Option<PathBuf>,
     },
-    /// Measure the rules against a labeled file.
+    /// Measure the detector against labeled files: overall, per source, and
+    /// (with --loso) leave-one-source-out.
     Eval {
-        /// Labeled examples (JSON lines).
+        /// Labeled examples (JSON lines `{"text", "label", "source"?}`); several files allowed.
+        #[arg(long, num_args = 1.., required = true)]
+        labeled: Vec<PathBuf>,
+        /// Also train the model once per source on all the other sources and
+        /// score the held-out source.
         #[arg(long)]
-        labeled: PathBuf,
+        loso: bool,
+    },
+    /// Train the refusal model on labeled files and write the weights file
+    /// (see scripts/train-refusal.sh).
+    Train {
+        /// Labeled examples (JSON lines); several files allowed.
+        #[arg(long, num_args = 1.., required = true)]
+        labeled: Vec<PathBuf>,
+        /// Where to write the generated weights (Rust source); stdout if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::config::Price;
 use crate::metrics::{Finished, Label, Metrics, RequestLabels, finish_reason_label};
+use crate::refusal::RefusalKind;
 use crate::relay::Usage;
 
 /// Version of the event line format (`schema_version`).
@@ -51,6 +52,9 @@ pub struct Event {
     pub completion_tokens: Option<u64>,
     pub refusal: bool,
     pub refusal_reason: Option<String>,
+    /// `full` (with `refusal: true`), `partial` (a hedge: `refusal: false`)
+    /// or `None`.
+    pub refusal_kind: Option<&'static str>,
     pub cost_usd: Option<f64>,
     pub error_type: Option<&'static str>,
     pub endpoint: Option<String>,
@@ -564,10 +568,12 @@ impl LiveRequests {
 }
 
 /// Refusal outcome of a response.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RefusalOutcome {
     pub rule: Option<String>,
     pub excerpt: Option<String>,
+    /// Full refusal or a partial one (hedge).
+    pub kind: RefusalKind,
 }
 
 /// Created when a request reaches a `/v1/*` route. Its state starts as
@@ -738,13 +744,17 @@ impl EventGuard {
             ttft_secs,
             prompt_tokens,
             completion_tokens,
-            refusal: refusal.is_some(),
+            refusal: refusal.as_ref().map(|r| r.kind),
             cost_usd,
         });
         let (refusal_reason, refusal_excerpt) = match &refusal {
             Some(r) => (r.rule.clone(), r.excerpt.clone()),
             None => (None, None),
         };
+        let refusal_kind = refusal.as_ref().map(|r| r.kind.as_str());
+        let is_refusal = refusal
+            .as_ref()
+            .is_some_and(|r| r.kind == RefusalKind::Full);
         let ev = Event {
             ts: format_ts(time::OffsetDateTime::now_utc()),
             level: level_for(self.status, self.error_type),
@@ -761,8 +771,9 @@ impl EventGuard {
             ttft_ms: ttft_secs.map(|t| round3(t * 1000.0)),
             prompt_tokens,
             completion_tokens,
-            refusal: refusal.is_some(),
+            refusal: is_refusal,
             refusal_reason,
+            refusal_kind,
             cost_usd,
             error_type: self.error_type,
             endpoint: self.endpoint.as_ref().map(|u| u.as_str().to_owned()),

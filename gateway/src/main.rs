@@ -147,13 +147,41 @@ fn refusal_tool(cli: &Cli, cmd: &RefusalCommand) -> anyhow::Result<()> {
             };
             refusal::run_check(reader, out, &cfg.detector)?;
         }
-        RefusalCommand::Eval { labeled } => {
-            let f = std::fs::File::open(labeled)
-                .with_context(|| format!("open {}", labeled.display()))?;
-            refusal::run_eval(BufReader::new(f), out, &cfg.detector)?;
+        RefusalCommand::Eval { labeled, loso } => {
+            let rows = read_labeled_files(labeled)?;
+            refusal::run_eval_sources(&rows, *loso, out, &cfg.detector)?;
+        }
+        RefusalCommand::Train { labeled, out: path } => {
+            let rows = read_labeled_files(labeled)?;
+            let text = refusal::train_weights_file(&rows, labeled, &cfg.detector)?;
+            match path {
+                Some(p) => {
+                    std::fs::write(p, text).with_context(|| format!("write {}", p.display()))?
+                }
+                None => {
+                    let mut out = out;
+                    out.write_all(text.as_bytes())?;
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn read_labeled_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<refusal::LabeledRow>> {
+    let mut rows = Vec::new();
+    for p in paths {
+        let f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+        let name = p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        rows.extend(
+            refusal::read_labeled(BufReader::new(f), &name)
+                .with_context(|| format!("read {}", p.display()))?,
+        );
+    }
+    Ok(rows)
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::refusal::RefusalKind;
+
 /// A label value shared between requests (cheap to clone).
 pub type Label = Arc<String>;
 
@@ -56,6 +58,14 @@ struct ModelOnly {
 struct ModelTenant {
     model: Label,
     tenant: Label,
+}
+
+/// Refusals by model, tenant and kind (`full` or `partial`: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    model: Label,
+    tenant: Label,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,7 +159,7 @@ pub struct Metrics {
     duration: Hist,
     ttft: TtftHist,
     tokens: Family<Tokens, Counter>,
-    refusals: Family<ModelTenant, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
     cost: Family<ModelTenant, Counter<f64, AtomicU64>>,
     in_flight: Family<ModelOnly, Gauge>,
     upstream_errors: Family<UpstreamKind, Counter>,
@@ -169,7 +179,8 @@ pub struct Finished {
     pub ttft_secs: Option<f64>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
-    pub refusal: bool,
+    /// Full or partial refusal, if any.
+    pub refusal: Option<RefusalKind>,
     pub cost_usd: Option<f64>,
 }
 
@@ -180,7 +191,7 @@ impl Metrics {
         let duration: Hist = Family::new_with_constructor(duration_histogram);
         let ttft: TtftHist = Family::new_with_constructor(ttft_histogram);
         let tokens = Family::<Tokens, Counter>::default();
-        let refusals = Family::<ModelTenant, Counter>::default();
+        let refusals = Family::<RefusalLabels, Counter>::default();
         let cost = Family::<ModelTenant, Counter<f64, AtomicU64>>::default();
         let in_flight = Family::<ModelOnly, Gauge>::default();
         let upstream_errors = Family::<UpstreamKind, Counter>::default();
@@ -219,7 +230,7 @@ impl Metrics {
         );
         registry.register(
             "llm_gateway_refusals",
-            "Responses detected as refusals",
+            "Responses detected as refusals, by kind: full (the event's refusal is true) or partial (a hedge)",
             refusals.clone(),
         );
         registry.register(
@@ -327,8 +338,14 @@ impl Metrics {
             model: l.model.clone(),
             tenant: l.tenant.clone(),
         };
-        if f.refusal {
-            self.refusals.get_or_create(&mt).inc();
+        if let Some(kind) = f.refusal {
+            self.refusals
+                .get_or_create(&RefusalLabels {
+                    model: l.model.clone(),
+                    tenant: l.tenant.clone(),
+                    kind: kind.as_str(),
+                })
+                .inc();
         }
         if let Some(c) = f.cost_usd {
             self.cost.get_or_create(&mt).inc_by(c);
@@ -543,7 +560,7 @@ mod tests {
             ttft_secs: Some(0.05),
             prompt_tokens: Some(3),
             completion_tokens: Some(4),
-            refusal: true,
+            refusal: Some(RefusalKind::Full),
             cost_usd: Some(0.5),
         });
         m.in_flight_add(&model, 1);
@@ -557,7 +574,7 @@ mod tests {
             "llm_gateway_time_to_first_token_seconds_bucket{le=\"0.06\",model=\"m\"} 1",
             "llm_gateway_time_to_first_token_seconds_bucket{le=\"2560.0\",",
             "llm_gateway_tokens_total{model=\"m\",tenant=\"anonymous\",kind=\"completion\"} 4",
-            "llm_gateway_refusals_total{model=\"m\",tenant=\"anonymous\"} 1",
+            "llm_gateway_refusals_total{model=\"m\",tenant=\"anonymous\",kind=\"full\"} 1",
             "llm_gateway_cost_usd_total{model=\"m\",tenant=\"anonymous\"} 0.5",
             "llm_gateway_in_flight_requests{model=\"m\"} 1",
             "llm_gateway_upstream_errors_total{upstream=\"default\",kind=\"connect\"} 1",

@@ -27,7 +27,7 @@ use crate::error::{
 };
 use crate::events::{EventGuard, Recorder, RefusalOutcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::refusal::Signals;
+use crate::refusal::{RefusalKind, Signals};
 use crate::relay::{BodyShape, SseRelay, Summary, inspect_body};
 use crate::upstream::{Endpoint, InFlight, Pool, Upstreams};
 
@@ -1284,17 +1284,30 @@ pub fn refusal_of(cfg: &Config, s: &Summary) -> Option<RefusalOutcome> {
     if texts.is_empty() {
         texts.push("");
     }
+    // A full refusal in any choice wins; else the first partial one.
+    let mut partial = None;
     for t in texts {
         let v = det.detect(&signals, t);
-        if v.refusal {
-            let excerpt = det.audit_excerpt(t).map(str::to_owned);
-            return Some(RefusalOutcome {
-                rule: v.rule,
-                excerpt,
-            });
+        match v.kind {
+            Some(RefusalKind::Full) => {
+                let excerpt = det.audit_excerpt(t).map(str::to_owned);
+                return Some(RefusalOutcome {
+                    rule: v.rule,
+                    excerpt,
+                    kind: RefusalKind::Full,
+                });
+            }
+            Some(RefusalKind::Partial) if partial.is_none() => {
+                partial = Some(RefusalOutcome {
+                    rule: v.rule,
+                    excerpt: None,
+                    kind: RefusalKind::Partial,
+                });
+            }
+            _ => {}
         }
     }
-    None
+    partial
 }
 
 struct StreamState {

@@ -119,5 +119,8 @@ fn refusal_check_and_eval_subcommands() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.stdout.is_empty());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("per source"), "{text}");
+    // Without a source field, rows are grouped under the file name.
+    assert!(text.contains("labeled.jsonl"), "{text}");
 }

@@ -38,6 +38,7 @@ fn base_event() -> Event {
         completion_tokens: Some(128),
         refusal: false,
         refusal_reason: None,
+        refusal_kind: None,
         cost_usd: Some(0.0000298),
         error_type: None,
         endpoint: Some("10.0.0.5:8000".into()),
@@ -55,7 +56,16 @@ fn representative() -> Vec<Event> {
         ttft_ms: None,
         refusal: true,
         refusal_reason: Some("cannot_assist".into()),
+        refusal_kind: Some("full"),
         refusal_excerpt: Some("I'm sorry, but I can".into()),
+        ..base_event()
+    };
+    // A hedge: a refusal cue, then part of an answer.
+    let partial = Event {
+        request_id: "req-6".into(),
+        refusal: false,
+        refusal_reason: Some("as_an_ai_cannot".into()),
+        refusal_kind: Some("partial"),
         ..base_event()
     };
     let disconnect = Event {
@@ -101,7 +111,7 @@ fn representative() -> Vec<Event> {
     };
     // A Responses API stream the client left: the gateway counted its tokens.
     let left = Event {
-        request_id: "req-6".into(),
+        request_id: "req-7".into(),
         level: "warn",
         route: "/v1/responses",
         finish_reason: Some("client_disconnect".into()),
@@ -112,7 +122,15 @@ fn representative() -> Vec<Event> {
         usage_source: Some("counted"),
         ..base_event()
     };
-    vec![ok, refusal, disconnect, unauthorized, upstream_down, left]
+    vec![
+        ok,
+        refusal,
+        disconnect,
+        unauthorized,
+        upstream_down,
+        partial,
+        left,
+    ]
 }
 
 #[test]
@@ -204,6 +222,7 @@ fn golden_events_match_the_schema() {
         "completion_tokens",
         "refusal",
         "refusal_reason",
+        "refusal_kind",
         "cost_usd",
         "error_type",
     ];
@@ -461,6 +480,7 @@ async fn no_text_in_events_unless_audit_is_on() {
     let refused = gw.event_for("refused").await;
     assert_eq!(refused["refusal"], true, "{refused}");
     assert!(refused["refusal_reason"].is_string());
+    assert_eq!(refused["refusal_kind"], "full", "{refused}");
     assert!(refused.get("refusal_excerpt").is_none());
     gw.event_for("plain").await;
     let raw = std::fs::read_to_string(&gw.events_path).unwrap();

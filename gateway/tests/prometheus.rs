@@ -67,7 +67,7 @@ async fn metrics_after_traffic() {
             2.0,
         ),
         (
-            "llm_gateway_refusals_total{model=\"m\",tenant=\"anonymous\"}",
+            "llm_gateway_refusals_total{model=\"m\",tenant=\"anonymous\",kind=\"full\"}",
             1.0,
         ),
         ("llm_gateway_in_flight_requests{model=\"m\"}", 0.0),

@@ -8,7 +8,13 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
+use super::features::{
+    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, TAIL_BYTES, TAIL_CUES, bits,
+    fi,
+};
+use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
+use super::weights::{BIAS, WEIGHTS};
 
 /// Verdict rule id for a non-null `message.refusal` / `delta.refusal`.
 pub const UPSTREAM_REFUSAL: &str = "upstream_refusal";
@@ -67,14 +73,41 @@ pub struct Signals {
     pub content_filter: bool,
 }
 
+/// How much of the request a response refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefusalKind {
+    /// Declines and does not go on to answer (`refusal: true`).
+    Full,
+    /// A refusal cue, but the response goes on to engage in part: a hedge,
+    /// a lecture with some content, a refusal of part of the request
+    /// (`refusal: false`).
+    Partial,
+}
+
+impl RefusalKind {
+    /// The label value: `full` or `partial`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Full => "full",
+            RefusalKind::Partial => "partial",
+        }
+    }
+}
+
 /// The outcome for one response.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// The response is a refusal.
+    /// The response is a (full) refusal.
     pub refusal: bool,
-    /// Id of the rule that matched, or `upstream_refusal` / `content_filter`;
-    /// `None` when not a refusal.
+    /// Id of the rule or cue that decided, or `upstream_refusal` /
+    /// `content_filter`; `None` when neither a refusal nor a partial one.
     pub rule: Option<String>,
+    /// `Full` for a refusal, `Partial` for a hedge (see [`RefusalKind`]),
+    /// `None` otherwise.
+    pub kind: Option<RefusalKind>,
+    /// The model's refusal probability in thousandths, when the model
+    /// decided (not for upstream signals or configured rules).
+    pub score_milli: Option<u16>,
 }
 
 impl Verdict {
@@ -82,9 +115,20 @@ impl Verdict {
         Verdict {
             refusal: true,
             rule: Some(id.to_owned()),
+            kind: Some(RefusalKind::Full),
+            score_milli: None,
         }
     }
 }
+
+/// A score (log-odds) at or above this is a full refusal (probability 0.5).
+/// A lower threshold (-0.7) was tried: the held-out mean moved by 0.003 and
+/// the development set lost 0.02, so it stays at 0.
+pub const DECISION_SCORE: f64 = 0.0;
+
+/// Below this score a response with a refusal cue is compliance; between it
+/// and [`DECISION_SCORE`] it is a partial refusal.
+pub const PARTIAL_SCORE: f64 = -1.5;
 
 #[derive(Debug)]
 struct RuleMeta {
@@ -106,6 +150,14 @@ pub struct Detector {
     /// `None` only in the inert fallback of [`Detector::with_defaults`].
     answer_follows: Option<Regex>,
     rules: Vec<RuleMeta>,
+    /// The first `n_default` rules are the compiled-in ones: with a model
+    /// they are features, not decisions.
+    n_default: usize,
+    /// Cues over the head of the window ([`CUES`]) and the few
+    /// ([`TAIL_CUES`]) looked for in its tail.
+    cues: Option<(RegexSet, RegexSet)>,
+    /// The structural model; `None` in `mode = "replace"` (rules decide).
+    model: Option<Model>,
     scan_bytes: usize,
     audit_excerpt_chars: usize,
 }
@@ -143,6 +195,7 @@ impl Detector {
             RulesMode::Extend => default_rules(),
             RulesMode::Replace => Vec::new(),
         };
+        let n_default = specs.len();
         specs.extend(cfg.rules.iter().cloned());
         if let Some(path) = &cfg.rules_file {
             specs.extend(load_rules_file(path)?);
@@ -150,6 +203,7 @@ impl Detector {
         Self::from_specs(
             cfg.enabled.unwrap_or(true),
             &specs,
+            n_default,
             scan_bytes,
             cfg.audit_excerpt_chars.unwrap_or(0),
         )
@@ -168,6 +222,9 @@ impl Detector {
                     set: RegexSet::empty(),
                     answer_follows: None,
                     rules: Vec::new(),
+                    n_default: 0,
+                    cues: None,
+                    model: None,
                     scan_bytes: DEFAULT_SCAN_BYTES,
                     audit_excerpt_chars: 0,
                 }
@@ -178,6 +235,7 @@ impl Detector {
     fn from_specs(
         enabled: bool,
         specs: &[RuleSpec],
+        n_default: usize,
         scan_bytes: usize,
         audit_excerpt_chars: usize,
     ) -> Result<Detector, RefusalError> {
@@ -216,17 +274,42 @@ impl Detector {
             patterns.push(spec.pattern.clone());
         }
         patterns.push(expand(AI_OPENING));
+        patterns.extend(OPENINGS.iter().map(|(_, t)| expand(t)));
         let set = RegexSetBuilder::new(&patterns)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(DFA_SIZE_LIMIT)
             .build()
             .map_err(|e| RefusalError::RuleSet(e.to_string()))?;
         let answer_follows = answer_follows_regex()?;
+        let (cues, model) = if n_default > 0 {
+            let build = |pats: Vec<String>| {
+                RegexSetBuilder::new(pats)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(DFA_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| RefusalError::RuleSet(e.to_string()))
+            };
+            let head = build(CUES.iter().map(|(_, t)| expand(t)).collect())?;
+            let tail = build(TAIL_CUES.iter().map(|&i| expand(CUES[i].1)).collect())?;
+            let cues = (head, tail);
+            (
+                Some(cues),
+                Some(Model {
+                    bias: BIAS,
+                    weights: WEIGHTS,
+                }),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Detector {
             enabled,
             set,
             answer_follows: Some(answer_follows),
             rules,
+            n_default,
+            cues,
+            model,
             scan_bytes,
             audit_excerpt_chars,
         })
@@ -281,6 +364,196 @@ impl Detector {
             return Verdict::default();
         }
         let window = prefix(text, self.scan_bytes).as_bytes();
+        let Some(model) = &self.model else {
+            return self.rules_only(window);
+        };
+        let (cues, matches) = self.cues_of(window);
+        // A configured rule decides as it always did.
+        if let Some(v) = self.configured_rule(window, &matches) {
+            return v;
+        }
+        let x = Features::build(&cues, &Shape::of(window));
+        let score = model.score(&x);
+        let refusal_cue = x.0[fi::RULE_HARD] > 0.0
+            || x.0[fi::RULE_SOFT] > 0.0
+            || x.0[fi::INABILITY] > 0.0
+            || x.0[fi::SELF_INABILITY_ONLY] > 0.0;
+        // An answer announced and delivered after a disclaimer ("As an AI I
+        // can't give opinions. However, I can provide an overview: ...") is
+        // at most a hedge; only an opening hard rule can still make it a
+        // full refusal through the model.
+        let announced = x.0[fi::ANNOUNCED_ANSWER] > 0.0 && x.0[fi::RULE_HARD] == 0.0;
+        let kind = if score >= DECISION_SCORE {
+            if announced {
+                RefusalKind::Partial
+            } else {
+                RefusalKind::Full
+            }
+        } else if refusal_cue && score >= PARTIAL_SCORE {
+            RefusalKind::Partial
+        } else {
+            return Verdict {
+                score_milli: Some(milli(score)),
+                ..Verdict::default()
+            };
+        };
+        Verdict {
+            refusal: kind == RefusalKind::Full,
+            rule: Some(self.reason(model, &x, &matches).to_owned()),
+            kind: Some(kind),
+            score_milli: Some(milli(score)),
+        }
+    }
+
+    /// The model inputs for a text (as [`Detector::detect`] computes them),
+    /// or `None` when the detector has no model (`mode = "replace"`) or is off.
+    pub fn features(&self, text: &str) -> Option<Features> {
+        if !self.enabled || self.model.is_none() {
+            return None;
+        }
+        let window = prefix(text, self.scan_bytes).as_bytes();
+        let (cues, _) = self.cues_of(window);
+        Some(Features::build(&cues, &Shape::of(window)))
+    }
+
+    /// The detector with another model (for leave-one-source-out training).
+    pub fn with_model(&self, model: Model) -> Option<Detector> {
+        self.model.as_ref()?;
+        Some(Detector {
+            enabled: self.enabled,
+            set: self.set.clone(),
+            answer_follows: self.answer_follows.clone(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleMeta {
+                    id: r.id.clone(),
+                    soft: r.soft,
+                })
+                .collect(),
+            n_default: self.n_default,
+            cues: self.cues.clone(),
+            model: Some(model),
+            scan_bytes: self.scan_bytes,
+            audit_excerpt_chars: self.audit_excerpt_chars,
+        })
+    }
+
+    /// Benchmark helper: runs one stage of [`Detector::detect`] on `text`
+    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass).
+    #[doc(hidden)]
+    pub fn bench_stage(&self, stage: u8, text: &str) -> usize {
+        let window = prefix(text, self.scan_bytes).as_bytes();
+        match stage {
+            0 => self.set.matches(window).iter().count(),
+            1 => self.cues.as_ref().map_or(0, |(hs, ts)| {
+                let head = &window[..window.len().min(HEAD_BYTES)];
+                let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
+                hs.matches(head).iter().count() + ts.matches(tail).iter().count()
+            }),
+            _ => Shape::of(window).list_lines as usize,
+        }
+    }
+
+    /// The model in use, if any.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    fn cues_of(&self, window: &[u8]) -> (Cues, regex::bytes::SetMatches) {
+        let m = self.set.matches(window);
+        let n = self.rules.len();
+        let ai_opening = m.matched(n);
+        let mut c = Cues {
+            ai_opening,
+            openings: bits(&m, n + 1, OPENINGS.len()),
+            ..Cues::default()
+        };
+        for (i, rule) in self.rules[..self.n_default].iter().enumerate() {
+            if m.matched(i) {
+                if rule.soft || ai_opening {
+                    c.rule_soft = true;
+                } else {
+                    c.rule_hard = true;
+                }
+            }
+        }
+        if let Some((hs, ts)) = &self.cues {
+            let head = &window[..window.len().min(HEAD_BYTES)];
+            c.head = bits(&hs.matches(head), 0, CUES.len());
+            c.tail = if window.len() <= HEAD_BYTES {
+                c.head
+            } else {
+                let m = ts.matches(&window[window.len().saturating_sub(TAIL_BYTES)..]);
+                let mut b = 0;
+                for (k, &i) in TAIL_CUES.iter().enumerate() {
+                    if m.matched(k) {
+                        b |= 1 << i;
+                    }
+                }
+                b
+            };
+        }
+        (c, m)
+    }
+
+    /// A configured (not compiled-in) rule that matched: a hard one decides,
+    /// an overridable one decides unless an answer follows.
+    fn configured_rule(&self, window: &[u8], m: &regex::bytes::SetMatches) -> Option<Verdict> {
+        let mut soft = None;
+        for (i, rule) in self.rules.iter().enumerate().skip(self.n_default) {
+            if !m.matched(i) {
+                continue;
+            }
+            if !rule.soft {
+                return Some(Verdict::refusal(&rule.id));
+            }
+            soft.get_or_insert(i);
+        }
+        let i = soft?;
+        (!self.answer_follows_in(window)).then(|| Verdict::refusal(&self.rules[i].id))
+    }
+
+    /// What decided: the cue with the largest positive contribution; the
+    /// matched rule's own id for the opening rules.
+    fn reason<'a>(&'a self, model: &Model, x: &Features, m: &regex::bytes::SetMatches) -> &'a str {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, (&w, &v)) in model.weights.iter().zip(x.0.iter()).enumerate() {
+            let c = w * v;
+            if c > 0.0 && best.is_none_or(|(_, b)| c > b) {
+                best = Some((i, c));
+            }
+        }
+        let Some((i, _)) = best else {
+            return "model";
+        };
+        if i == fi::RULE_HARD || i == fi::RULE_SOFT {
+            let ai_opening = m.matched(self.rules.len());
+            let rules = &self.rules[..self.n_default];
+            let first = |pred: &dyn Fn(&RuleMeta) -> bool| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .find(|(k, r)| m.matched(*k) && pred(r))
+                    .map(|(_, r)| r.id.as_str())
+            };
+            let id = if i == fi::RULE_HARD {
+                first(&|r| !r.soft)
+            } else {
+                // Soft rules first, then hard ones softened by an AI opening.
+                first(&|r| r.soft).or_else(|| first(&|r| !r.soft && ai_opening))
+            };
+            if let Some(id) = id {
+                return id;
+            }
+        }
+        let name = FEATURE_NAMES[i];
+        name.split("_x_").next().unwrap_or(name)
+    }
+
+    /// Rules only (`mode = "replace"`): a hard rule decides; a soft one
+    /// unless an answer follows.
+    fn rules_only(&self, window: &[u8]) -> Verdict {
         if !self.set.is_match(window) {
             return Verdict::default();
         }
@@ -310,6 +583,11 @@ impl Detector {
             _ => Verdict::default(),
         }
     }
+}
+
+/// A probability in thousandths.
+fn milli(score: f64) -> u16 {
+    (sigmoid(score) * 1000.0).round() as u16
 }
 
 /// One regex for all [`OVERRIDES`].

@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Detector, RefusalError, Signals};
+use super::{Detector, Example, L2, RefusalError, RefusalKind, Signals, train};
 
 /// Counts from [`run_check`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -27,6 +27,11 @@ struct CheckLine {
 struct CheckOut<'a> {
     refusal: bool,
     rule: Option<&'a str>,
+    /// `full`, `partial` or null.
+    kind: Option<&'static str>,
+    /// Refusal probability from the model, when it decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +64,8 @@ pub fn run_check(
                     &CheckOut {
                         refusal: v.refusal,
                         rule: v.rule.as_deref(),
+                        kind: v.kind.map(RefusalKind::as_str),
+                        score: v.score_milli.map(|m| f64::from(m) / 1000.0),
                     },
                 )
                 .map_err(std::io::Error::from)?;
@@ -89,6 +96,8 @@ enum Label {
 struct LabeledLine {
     text: String,
     label: Label,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 /// Precision, recall and F1 for the refusal class, with the counts behind them.
@@ -104,7 +113,7 @@ pub struct Scores {
 }
 
 impl Scores {
-    fn from_counts(tp: u64, fp: u64, fn_: u64, tn: u64) -> Scores {
+    pub fn from_counts(tp: u64, fp: u64, fn_: u64, tn: u64) -> Scores {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let precision = ratio(tp, tp + fp);
         let recall = ratio(tp, tp + fn_);
@@ -293,4 +302,307 @@ pub fn run_eval(
     report.write_text(&mut output)?;
     output.flush()?;
     Ok(report)
+}
+
+/// One labelled row.
+#[derive(Debug, Clone)]
+pub struct LabeledRow {
+    pub text: String,
+    /// `refusal`, `partial` or `compliance`.
+    pub label: &'static str,
+    /// The `source` field, or the file name when absent.
+    pub source: String,
+}
+
+/// Reads labelled JSON lines (`text`, `label`, optional `source`). A row
+/// without a source is grouped under `default_source`.
+pub fn read_labeled(
+    input: impl BufRead,
+    default_source: &str,
+) -> Result<Vec<LabeledRow>, RefusalError> {
+    let mut rows = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: LabeledLine =
+            serde_json::from_str(&line).map_err(|e| RefusalError::BadLabeledLine {
+                line: n as u64 + 1,
+                message: e.to_string(),
+            })?;
+        rows.push(LabeledRow {
+            text: row.text,
+            label: match row.label {
+                Label::Refusal => "refusal",
+                Label::Partial => "partial",
+                Label::Compliance => "compliance",
+            },
+            source: row.source.unwrap_or_else(|| default_source.to_owned()),
+        });
+    }
+    Ok(rows)
+}
+
+/// Training rows for the model: partial rows are left out (scoring B);
+/// every row weighs the same.
+pub fn training_examples<'a>(
+    det: &Detector,
+    rows: impl IntoIterator<Item = &'a LabeledRow>,
+) -> Vec<Example> {
+    rows.into_iter()
+        .filter(|r| r.label != "partial")
+        .filter_map(|r| {
+            det.features(&r.text).map(|x| Example {
+                x,
+                refusal: r.label == "refusal",
+                weight: 1.0,
+            })
+        })
+        .collect()
+}
+
+/// Scores of one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceScores {
+    pub source: String,
+    pub rows: u64,
+    pub confusion: Confusion,
+    pub partial_as_refusal: Scores,
+    pub partial_excluded: Scores,
+    /// Partial rows the detector called `partial` (not full, not nothing).
+    pub partial_kind_hits: u64,
+    /// Compliance rows the detector called `partial`.
+    pub compliance_kind_partial: u64,
+}
+
+/// A leave-one-source-out fold: trained on every other source, scored on this one.
+#[derive(Debug, Clone, Serialize)]
+pub struct LosoFold {
+    pub source: String,
+    /// F1 (B) is defined: the source has refusal and compliance rows.
+    pub scored: bool,
+    pub partial_excluded: Scores,
+    /// Compliance rows wrongly called refusals / all compliance rows.
+    pub false_positive_rate: f64,
+}
+
+/// Result of [`run_eval_sources`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SourcesReport {
+    pub overall: EvalReport,
+    pub sources: Vec<SourceScores>,
+    /// Empty unless leave-one-source-out was asked for.
+    pub loso: Vec<LosoFold>,
+    /// Mean F1 (B) over the scored folds.
+    pub loso_mean_f1: Option<f64>,
+}
+
+fn confusion_of(det: &Detector, rows: &[&LabeledRow]) -> (Confusion, u64, u64) {
+    let mut c = Confusion::default();
+    let (mut pk, mut ck) = (0, 0);
+    for r in rows {
+        let v = det.detect(&Signals::default(), &r.text);
+        let counts = match r.label {
+            "refusal" => &mut c.refusal,
+            "partial" => &mut c.partial,
+            _ => &mut c.compliance,
+        };
+        if v.refusal {
+            counts.detected += 1;
+        } else {
+            counts.missed += 1;
+        }
+        if v.kind == Some(RefusalKind::Partial) {
+            match r.label {
+                "partial" => pk += 1,
+                "compliance" => ck += 1,
+                _ => {}
+            }
+        }
+    }
+    (c, pk, ck)
+}
+
+/// Scores the detector per source and overall; with `loso`, also trains the
+/// model once per source on all the other sources and scores the held-out
+/// one (F1 with partial left out). Writes a text report.
+pub fn run_eval_sources(
+    rows: &[LabeledRow],
+    loso: bool,
+    mut output: impl Write,
+    det: &Detector,
+) -> Result<SourcesReport, RefusalError> {
+    let mut out = Vec::new();
+    let overall = run_eval(
+        std::io::Cursor::new(
+            rows.iter()
+                .map(|r| serde_json::json!({"text": r.text, "label": r.label}).to_string() + "\n")
+                .collect::<String>(),
+        ),
+        &mut out,
+        det,
+    )?;
+    output.write_all(&out)?;
+    let mut by: BTreeMap<&str, Vec<&LabeledRow>> = BTreeMap::new();
+    for r in rows {
+        by.entry(r.source.as_str()).or_default().push(r);
+    }
+    let width = by.keys().map(|k| k.len()).max().unwrap_or(6).max(6);
+    writeln!(
+        output,
+        "\nper source (A: partial as refusal; B: partial left out; kind=partial on partial / compliance rows):"
+    )?;
+    writeln!(
+        output,
+        "  {:<width$} {:>5} {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}   {:>5} {:>5} {:>5}  kind=partial",
+        "source", "rows", "ref", "part", "comp", "A P", "A R", "A F1", "B P", "B R", "B F1",
+    )?;
+    let mut sources = Vec::new();
+    for (src, rs) in &by {
+        let (c, pk, ck) = confusion_of(det, rs);
+        let r = EvalReport::from_confusion(rs.len() as u64, c, BTreeMap::new());
+        let (a, b) = (r.partial_as_refusal, r.partial_excluded);
+        writeln!(
+            output,
+            "  {src:<width$} {:>5} {:>5} {:>5} {:>5}   {:.3} {:.3} {:.3}   {:.3} {:.3} {:.3}  {pk}/{} {ck}/{}",
+            rs.len(),
+            c.refusal.total(),
+            c.partial.total(),
+            c.compliance.total(),
+            a.precision,
+            a.recall,
+            a.f1,
+            b.precision,
+            b.recall,
+            b.f1,
+            c.partial.total(),
+            c.compliance.total()
+        )?;
+        sources.push(SourceScores {
+            source: (*src).to_owned(),
+            rows: rs.len() as u64,
+            confusion: c,
+            partial_as_refusal: a,
+            partial_excluded: b,
+            partial_kind_hits: pk,
+            compliance_kind_partial: ck,
+        });
+    }
+    let mut folds = Vec::new();
+    let mut loso_mean_f1 = None;
+    if loso {
+        if det.model().is_none() {
+            writeln!(
+                output,
+                "\nleave-one-source-out: the detector has no model (mode = \"replace\"); nothing to train"
+            )?;
+        } else {
+            writeln!(
+                output,
+                "\nleave-one-source-out (trained on the other sources, F1 with partial left out):"
+            )?;
+            writeln!(
+                output,
+                "  {:<width$} {:>6} {:>6} {:>6}  {:>4} {:>4} {:>4} {:>5}",
+                "source", "P", "R", "F1", "tp", "fp", "fn", "tn"
+            )?;
+            let mut sum = 0.0;
+            let mut n = 0usize;
+            let mut worst: Option<(&str, f64)> = None;
+            for (src, rs) in &by {
+                let train_rows = training_examples(det, rows.iter().filter(|r| r.source != *src));
+                let model = train(&train_rows, L2);
+                let Some(fold_det) = det.with_model(model) else {
+                    continue;
+                };
+                let (c, _, _) = confusion_of(&fold_det, rs);
+                let r = EvalReport::from_confusion(rs.len() as u64, c, BTreeMap::new());
+                let b = r.partial_excluded;
+                let scored = c.refusal.total() > 0 && c.compliance.total() > 0;
+                let fpr = if c.compliance.total() == 0 {
+                    0.0
+                } else {
+                    c.compliance.detected as f64 / c.compliance.total() as f64
+                };
+                let note = if scored {
+                    sum += b.f1;
+                    n += 1;
+                    if worst.is_none_or(|(_, w)| b.f1 < w) {
+                        worst = Some((src, b.f1));
+                    }
+                    String::new()
+                } else {
+                    format!("(one class only: F1 undefined; false positive rate {fpr:.3})")
+                };
+                writeln!(
+                    output,
+                    "  {src:<width$} {:>6.3} {:>6.3} {:>6.3}  {:>4} {:>4} {:>4} {:>5}  {note}",
+                    b.precision,
+                    b.recall,
+                    b.f1,
+                    b.true_positives,
+                    b.false_positives,
+                    b.false_negatives,
+                    b.true_negatives
+                )?;
+                folds.push(LosoFold {
+                    source: (*src).to_owned(),
+                    scored,
+                    partial_excluded: b,
+                    false_positive_rate: fpr,
+                });
+            }
+            if n > 0 {
+                let mean = sum / n as f64;
+                loso_mean_f1 = Some(mean);
+                writeln!(
+                    output,
+                    "  mean F1 (B) over {n} sources with both classes: {mean:.3}"
+                )?;
+                if let Some((w, f)) = worst {
+                    writeln!(output, "  worst source: {w} ({f:.3})")?;
+                }
+            }
+        }
+    }
+    output.flush()?;
+    Ok(SourcesReport {
+        overall,
+        sources,
+        loso: folds,
+        loso_mean_f1,
+    })
+}
+
+/// Trains the model on `rows` (features from `det`, which must have a model)
+/// and renders the weights file, naming the input files (by file name and
+/// SHA-256) so the provenance is in the committed file.
+pub fn train_weights_file(
+    rows: &[LabeledRow],
+    files: &[std::path::PathBuf],
+    det: &Detector,
+) -> Result<String, RefusalError> {
+    use sha2::{Digest, Sha256};
+    if det.model().is_none() {
+        return Err(RefusalError::Io(std::io::Error::other(
+            "training needs the compiled-in rules (mode = \"extend\")",
+        )));
+    }
+    let examples = training_examples(det, rows);
+    let model = train(&examples, L2);
+    let mut prov = String::from("Trained on (partial rows left out, L2 penalty ");
+    prov.push_str(&format!("{L2}, {} rows):\n", examples.len()));
+    for f in files {
+        let bytes = std::fs::read(f)?;
+        let name = f.file_name().map_or_else(
+            || f.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        prov.push_str(&format!(
+            "  {name} sha256 {}\n",
+            hex::encode(Sha256::digest(&bytes))
+        ));
+    }
+    Ok(model.render(&prov))
 }

@@ -8,31 +8,41 @@
 //!    gives rule `upstream_refusal`; `finish_reason: "content_filter"` gives
 //!    `content_filter`. These win over any text rule and are reported even
 //!    when text rules are disabled.
-//! 2. **Text rules**, one [`regex::bytes::RegexSet`] pass over the first
-//!    `scan_bytes` (default [`DEFAULT_SCAN_BYTES`]) of the response. For
-//!    streams the relay accumulates the assistant content of every choice up
-//!    to [`Detector::scan_bytes`] bytes as chunks pass (chunks are never held
-//!    back) and calls [`Detector::detect`] at the end.
-//!    * A **hard** rule that matches decides: refusal.
-//!    * A **soft** rule (a disclaimer that often precedes a real answer)
-//!      counts only if no *answer-follows* override matches in the window
-//!      (checked with one more regex, and only in that case):
-//!      a line starting a list (`1.`, `-`, `*`, `•`), a code fence,
-//!      "Here is/are ..." at the start of a sentence (also after "However," or
-//!      "If you ..., here are"), "However, I can / you can / if / in ..." or
-//!      "but I can tell / provide / explain ...".
-//!    * A response that *opens* with an AI self-reference ("As an AI language
-//!      model, ...", "I'm just an AI, ...") is a disclaimer first: every rule
-//!      that matches it counts as soft. So "As an AI, I can't give opinions,
-//!      but I can tell you ..." is compliance while "As an AI, I cannot
-//!      provide that." is a refusal.
-//!    * Among several matches the first hard rule in order is reported, else
-//!      the first soft one (compiled-in soft rules before softened ones).
+//! 2. **Configured rules** (`[[refusal.rules]]`, `rules_file`) decide as
+//!    written: a match is a refusal with that rule's id; an `overridable`
+//!    one only when no answer follows (list, code, "here is ...").
+//! 3. **The structural model** (compiled-in rules, `mode = "extend"`). A
+//!    refusal cue at the start is evidence, not proof: what decides is
+//!    whether the rest of the response answers. [`Features`] describe both:
+//!    - the opening rules below (hard / soft, AI self-reference opening),
+//!      and how the response opens (apology, "I understand", "Sure");
+//!    - cues in the first 512 bytes (`features.rs`): an inability to do the
+//!      task versus about the model itself ("I can't browse"), rules or
+//!      guidelines as the reason, a redirect to a professional, "instead",
+//!      the closing offer ("any other questions"), an answer announced
+//!      ("here are", "however, I can ...:"), a contrast that introduces
+//!      help, a persona / developer-mode marker, a quoted cue, the premise
+//!      rejected, the user questioned back, concern; and a few cues in the
+//!      last 320 bytes (how a refusal ends);
+//!    - the shape of the window: length, list items, code, labelled lines
+//!      ("Title:"), paragraphs, questions;
+//!    - cue × shape: a refusal cue followed by a long text, a list, an
+//!      answer cue or a persona; a redirect or closing offer in a short text.
 //!
-//! Cost: the compiled-in rules are anchored, so the set search stops after
-//! the opening sentences whatever the length of the response; about 1-3 µs
-//! per response (`benches/refusal.rs`). Unanchored custom rules scan the whole
-//! window.
+//!    A logistic regression over them (`model.rs`, weights in `weights.rs`,
+//!    trained by `scripts/train-refusal.sh` on `../shared/data/refusal/`)
+//!    gives a score: `≥ 0` is a full refusal (`kind: full`), except that an
+//!    answer announced and delivered after a disclaimer without a hard
+//!    opening rule is at most partial; a score in `[PARTIAL_SCORE, 0)` with
+//!    a refusal cue is a partial refusal, a hedge (`kind: partial`,
+//!    `refusal: false`). The reason reported is the cue with the largest
+//!    contribution: the opening rule's own id (`cannot_assist`, ...) or
+//!    the cue's name (`redirect`, `offer_other`, `premise_reject`, ...), or
+//!    `model` when only the shape decided.
+//!
+//! Cost: three regex-set searches (anchored opening rules over the window,
+//! cues over 512 + 320 bytes) and a `memchr` pass: p99 about 4.6 µs per
+//! 4 KB response (`benches/refusal.rs`).
 //!
 //! Rules are sentence-bounded rather than length-bounded: the gaps they allow
 //! stop at `.`, `!`, `?` and newlines, and the clause before a cue also stops
@@ -77,27 +87,41 @@
 //!
 //! # Measuring
 //!
-//! [`run_check`] classifies `{"text": ...}` lines; [`run_eval`] scores the
-//! detector on `{"text", "label"}` lines (label `refusal`, `partial` or
-//! `compliance`): precision / recall / F1 of the refusal class with partial
-//! counted as refusal (A) and with partial rows left out (B), confusion counts
-//! and hits per rule. `tests/refusal_dev_set.rs` runs it on the development
+//! [`run_check`] classifies `{"text": ...}` lines (out: `refusal`, `rule`,
+//! `kind`, `score`); [`run_eval`] scores the detector on `{"text", "label"}`
+//! lines (label `refusal`, `partial` or `compliance`): precision / recall /
+//! F1 of the refusal class with partial counted as refusal (A) and with
+//! partial rows left out (B), confusion counts and hits per rule;
+//! [`run_eval_sources`] adds a table per `source` and, with `--loso`,
+//! retrains the model once per source on all the others and scores the
+//! held-out one (leave-one-source-out). `tests/refusal_dev_set.rs` runs it on the development
 //! set; `benches/refusal.rs` measures the cost per response.
 
 mod config;
 mod detector;
 mod eval;
+mod features;
+mod model;
 mod rules;
+// Generated by scripts/train-refusal.sh; compared byte for byte by tests/refusal_training.rs.
+#[rustfmt::skip]
+#[allow(clippy::approx_constant)]
+mod weights;
 
 pub use config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 pub use detector::{
-    CONTENT_FILTER, Detector, RefusalError, Signals, UPSTREAM_REFUSAL, Verdict, default_rules,
+    CONTENT_FILTER, DECISION_SCORE, Detector, PARTIAL_SCORE, RefusalError, RefusalKind, Signals,
+    UPSTREAM_REFUSAL, Verdict, default_rules,
 };
 pub use eval::{
-    CheckStats, Confusion, EvalReport, LabelCounts, RuleHits, Scores, run_check, run_eval,
+    CheckStats, Confusion, EvalReport, LabelCounts, LabeledRow, LosoFold, RuleHits, Scores,
+    SourceScores, SourcesReport, read_labeled, run_check, run_eval, run_eval_sources,
+    train_weights_file, training_examples,
 };
+pub use features::{FEATURE_NAMES, Features, N_FEATURES};
+pub use model::{Example, L2, Model, train};
 
 #[cfg(test)]
 mod tests;

@@ -252,7 +252,9 @@ fn compliances_are_not_refusals() {
     let mut failures = Vec::new();
     for text in COMPLIANCES {
         let v = d.detect(&Signals::default(), text);
-        if v.refusal || v.rule.is_some() {
+        // A disclaimer before the answer may be reported as a hedge
+        // (`kind: partial`), never as a refusal.
+        if v.refusal || v.kind == Some(RefusalKind::Full) {
             failures.push(format!("{text:?}: got {:?}", v.rule));
         }
     }
@@ -267,7 +269,9 @@ fn as_an_ai_disclaimer_followed_by_an_answer_is_compliance() {
         "As an AI, I cannot feel emotions, but here is how people usually describe joy: a warm feeling.",
         "As an AI language model, here is the translation you asked for: Bonjour.",
     ] {
-        assert_eq!(rule_of(&d, text), None, "{text:?}");
+        let v = d.detect(&Signals::default(), text);
+        assert!(!v.refusal, "{text:?}: {v:?}");
+        assert_ne!(v.kind, Some(RefusalKind::Full), "{text:?}");
     }
     // The same disclaimer without an answer is a refusal.
     assert_eq!(
@@ -305,7 +309,9 @@ fn upstream_signals_win() {
             d.detect(&up, text),
             Verdict {
                 refusal: true,
-                rule: Some("upstream_refusal".into())
+                rule: Some("upstream_refusal".into()),
+                kind: Some(crate::refusal::RefusalKind::Full),
+                score_milli: None,
             }
         );
         assert_eq!(d.detect(&cf, text).rule.as_deref(), Some("content_filter"));
@@ -553,14 +559,16 @@ fn run_check_writes_one_line_per_input_line() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 4);
-    assert_eq!(
-        lines[0],
-        serde_json::json!({"refusal": true, "rule": "apology_inability"})
-    );
-    assert_eq!(
-        lines[1],
-        serde_json::json!({"refusal": false, "rule": null})
-    );
+    // The interface: `refusal` and `rule` always; `kind` (full / partial /
+    // null) and, when the model decided, `score` are additions.
+    assert_eq!(lines[0]["refusal"], true);
+    assert_eq!(lines[0]["rule"], "apology_inability");
+    assert_eq!(lines[0]["kind"], "full");
+    assert!(lines[0]["score"].as_f64().unwrap() > 0.5);
+    assert_eq!(lines[1]["refusal"], false);
+    assert_eq!(lines[1]["rule"], serde_json::Value::Null);
+    assert_eq!(lines[1]["kind"], serde_json::Value::Null);
+    assert!(lines[1]["score"].as_f64().unwrap() < 0.5);
     assert!(lines[2]["error"].as_str().unwrap().starts_with("line 4:"));
     assert!(lines[3]["error"].is_string());
 }

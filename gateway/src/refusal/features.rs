@@ -1,0 +1,448 @@
+//! Structural features of a response for the refusal model.
+//!
+//! A refusal cue at the start of a response is evidence, not proof: what
+//! decides is whether the rest of the response goes on to answer. The
+//! features below describe both: which cues there are (the opening rules of
+//! `rules.rs`, plus cue sets over the head and the tail of the window) and
+//! what the response is made of (its length, lists, code, labelled lines,
+//! paragraphs, questions back to the user). [`Features::extract`] fills a
+//! fixed-size vector from three regex-set searches (opening rules over the
+//! window, cues over its first [`HEAD_BYTES`] and a few over its last
+//! [`TAIL_BYTES`]) and one `memchr` pass over the bytes.
+
+use regex::bytes::SetMatches;
+
+/// Bytes at the start of the window searched for head cues.
+pub(crate) const HEAD_BYTES: usize = 512;
+/// Bytes at the end of the window searched for the tail cues.
+pub(crate) const TAIL_BYTES: usize = 320;
+
+/// The cues (indices in [`CUES`]) also looked for in the tail: how a
+/// refusal ends (a closing offer, a redirect, a restated inability).
+pub(crate) const TAIL_CUES: &[usize] = &[
+    cue::INABILITY,
+    cue::POLICY_REASON,
+    cue::REDIRECT,
+    cue::OFFER_OTHER,
+    cue::DEFLECT_QUESTION,
+];
+
+/// Cue patterns searched (unanchored) in the head and, separately, in the
+/// tail of the window. Templates use the fragments of `rules.rs`.
+pub(crate) const CUES: &[(&str, &str)] = &[
+    // First-person refusal of the task anywhere in the head ("... and I
+    // cannot provide that", "I am not able to assist").
+    ("inability", r"(?i-u)\b<I_NEG>\s+<NEG_ADV><ASSIST_VERB>"),
+    // Inability about the model itself ("I can't browse", "I cannot access").
+    ("self_inability", r"(?i-u)\b<I_NEG>\s+<NEG_ADV><CAP_VERB>"),
+    // Rules, programming, guidelines invoked as the reason.
+    (
+        "policy_reason",
+        r"(?i-u)(?:\b(?:programmed|designed|built|trained)\s+to\s+(?:follow|adhere|avoid|not\b|refrain)|\bprohibit\w*\s+(?:me|from)|\bnot\s+(?:programmed|allowed|permitted|designed)\s+to\b|\b(?:against|violat\w*|within)\s+(?:my|our|the|openai<A>?s)\s+(?:\w+\s+){0,2}?(?:guidelines|polic(?:y|ies)|principles|programming|values|terms)|\bethical\s+(?:guidelines|standards|boundaries|principles)\b)",
+    ),
+    // Send the user elsewhere: a professional, a hotline, the authorities.
+    (
+        "redirect",
+        r"(?i-u)\b(?:consult(?:ing)?|seek(?:ing)?|reach(?:ing)?\s+out\s+to|talk(?:ing)?\s+(?:to|with)|speak(?:ing)?\s+(?:with|to)|contact(?:ing)?|call(?:ing)?|guidance\s+(?:of|from)|assistance\s+of)\s+(?:\w+\s+){0,4}?(?:professionals?|therap\w+|counsel+ors?|doctors?|experts?|lawyers?|attorneys?|hotlines?|helplines?|authorities|specialists?|physicians?|police|trusted\s+(?:adult|friend))\b|\b(?:crisis|suicide|prevention)\s+(?:line|hotline|lifeline)\b",
+    ),
+    // "Instead, ...", "I'd encourage you to focus on ...": an alternative offered.
+    (
+        "instead",
+        r"(?i-u)\binstead\b|\bi\s+(?:would\s+|<A>d\s+)?(?:strongly\s+)?(?:suggest|recommend|encourage|urge)\s+(?:you\s+)?(?:to\s+)?(?:focus|seek|consult|explor|consider|reach|talk|learn|prioriti|find)",
+    ),
+    // The closing offer of a refusal: "If you have any other questions ...".
+    (
+        "offer_other",
+        r"(?i-u)\b(?:any\s+other|anything\s+else|other\s+(?:\w+\s+)?(?:questions?|topics?|requests?|inquiries|subjects?)|(?:different|another)\s+(?:topic|question|request|subject)|something\s+else|non-\w+\s+(?:questions?|requests?|inquiries|topics?))\b",
+    ),
+    // An answer is announced: "Here is", "Here are" at a sentence start.
+    (
+        "here_is",
+        r"(?i-u)(?:^|[.!?:]\s+|\n)[\s*_#]*(?:(?:however|that\s+said|that\s+being\s+said|but|so|now|sure|okay|ok|certainly|of\s+course|absolutely)\b,?\s*(?:!\s*)?)?(?:if\s+you<GAP>*,\s*)?here(?:\s+are|\s+is|<A>s|\s+goes|\s+you\s+go)\b",
+    ),
+    // A contrast that introduces help: "However, I can ...", "but here are".
+    (
+        "contrast_help",
+        r"(?i-u)\b(?:however|but|that\s+said|nevertheless|nonetheless),?\s+(?:i\s+(?:can|will|could|<A>ll|would\s+be\s+happy|am\s+happy)\b|here\b|if\s+you|you\s+(?:can|could|may|might)\b|there\s+are\b|in\s+general\b|generally\b|i\s+can\s+(?:tell|provide|give|offer|share|help|explain|suggest|describe))|\blet<A>?s\s+(?:delve|dive|explore|get|take|break|look|discuss|start|begin)\b",
+    ),
+    // A disclaimer about the model's own nature ("I don't have personal opinions").
+    (
+        "no_opinion",
+        r"(?i-u)\bi\s+(?:don<A>?t|do\s+not)\s+(?:have|hold|possess|form|experience)\s+(?:any\s+)?(?:personal\s+)?(?:opinions?|beliefs?|feelings?|emotions?|preferences?|views?|experiences?|biases|a\s+personal)|\bnot\s+capable\s+of\s+(?:having|forming|feeling|holding)",
+    ),
+    // A moral judgement ("is illegal and unethical", "is never acceptable").
+    (
+        "moral",
+        r"(?i-u)\b(?:is|are|would\s+be|be)\s+(?:<ADV>\s+)?(?:illegal|<MORAL>|harmful|dangerous|offensive|disrespectful|inappropriate|discriminatory)\b",
+    ),
+    // A role-play persona or "developer mode" marker: the answer comes after.
+    (
+        "persona",
+        r"(?i-u)\xF0\x9F\x94\x93|\bdeveloper\s+mode\b|\bjailbr(?:ea|o)k(?:en)?\b|\[[^\]\n]+\]",
+    ),
+    // The refusal cue is quoted or said by someone else.
+    (
+        "quoted_cue",
+        r#"(?i-u)["\xE2\x80\x9C]\s*(?:i<A>?m\s+sorry|i\s+(?:cannot|can<A>?t|won<A>?t)|as\s+an\s+ai)|\b(?:he|she|they|the\s+(?:character|model|assistant|bot|ai))\s+(?:said|says|replied|replies|responded|responds|answered|refused|refuses)\b"#,
+    ),
+    // "I will / can provide / explain ...": the response engages.
+    (
+        "will_help",
+        r"(?i-u)\bi\s+(?:will|<A>ll|can|could|am\s+going\s+to|would\s+be\s+happy\s+to|<A>d\s+be\s+happy\s+to)\s+(?:now\s+|gladly\s+|certainly\s+|try\s+to\s+)?(?:provide|explain|give|write|describe|outline|share|tell|create|offer|list|walk|draft|compose|suggest)\b",
+    ),
+    // An apology or regret anywhere in the segment.
+    (
+        "sorry",
+        r"(?i-u)\b(?:sorry|apologi[sz]e|apologies|unfortunately|regret(?:tably)?)\b",
+    ),
+    // The premise is rejected rather than answered ("There is no reason why
+    // X should not ...", "the premise of this question is discriminatory").
+    (
+        "premise_reject",
+        r"(?i-u)\bthere\s+(?:is|are)\s+no\s+(?:\w+\s+){0,2}?(?:reasons?|basis|justification|evidence)\s+(?:why|to|for|that)\b|\b(?:not|never)\s+(?:\w+\s+)?(?:accurate|true|correct|fair|right|appropriate|valid)\s+to\s+(?:say|suggest|assume|claim|generali[sz]e|imply|state)|\b(?:premise|assumption|stereotype|statement|question|notion|idea|claim)\s+(?:\w+\s+){0,4}?(?:is|are)\s+(?:\w+\s+)?(?:incorrect|false|flawed|discriminatory|harmful|offensive|baseless|unfounded|based\s+on|not\s+(?:accurate|true|correct|appropriate|valid))|\bregardless\s+of\s+(?:their|one<A>s|his|her|a\s+person<A>s)\s+(?:\w+\s+)?(?:race|ethnicity|gender|religion|sexual|background|nationality|disability|age|origin|status|identity|appearance|beliefs)",
+    ),
+    // The user is questioned instead of answered ("Have you considered ...?",
+    // "What prompted you to ...?").
+    (
+        "deflect_question",
+        r"(?i-u)\b(?:have\s+you\s+(?:considered|thought\s+about|tried\s+(?:talking|reaching))|would\s+you\s+(?:like|be\s+interested|prefer)\s+to\s+(?:\w+\s+){0,4}?(?:instead|rather|other|another|different)|what\s+(?:prompted|draws|drew|makes|made|led)\s+you|why\s+(?:are|do)\s+you\s+(?:interested|want|asking|feel))",
+    ),
+    // Concern about the request or the user.
+    (
+        "concern",
+        r"(?i-u)\b(?:i<A>?m|i\s+am|i\s+feel|i\s+find)\s+(?:\w+\s+){0,2}?(?:concerned|worried|troubled|alarmed|uncomfortable)|\b(?:is|find\s+(?:this|that|it|your\s+\w+))\s+(?:\w+\s+)?(?:concerning|troubling|alarming|disturbing)\b",
+    ),
+    // An answer announced and delivered: "However, I can provide an
+    // overview:\n- ...", "here are some ideas: 1. ...", "what I know: the ...".
+    (
+        "announced_answer",
+        r"(?i-u)\b(?:however|but|that\s+said|here(?:\s+are|\s+is|<A>s)|i\s+can\s+(?:tell|provide|give|offer|share|explain|suggest|describe|list|outline))\b[^.!?\n]*:\s*\S",
+    ),
+];
+
+/// Cue indices (positions in [`CUES`]).
+pub(crate) mod cue {
+    pub const INABILITY: usize = 0;
+    pub const SELF_INABILITY: usize = 1;
+    pub const POLICY_REASON: usize = 2;
+    pub const REDIRECT: usize = 3;
+    pub const INSTEAD: usize = 4;
+    pub const OFFER_OTHER: usize = 5;
+    pub const HERE_IS: usize = 6;
+    pub const CONTRAST_HELP: usize = 7;
+    pub const NO_OPINION: usize = 8;
+    pub const MORAL: usize = 9;
+    pub const PERSONA: usize = 10;
+    pub const QUOTED_CUE: usize = 11;
+    pub const WILL_HELP: usize = 12;
+    pub const SORRY: usize = 13;
+    pub const PREMISE_REJECT: usize = 14;
+    pub const DEFLECT_QUESTION: usize = 15;
+    pub const CONCERN: usize = 16;
+    pub const ANNOUNCED_ANSWER: usize = 17;
+}
+
+/// Anchored opening patterns (besides the rules): what the first words are.
+pub(crate) const OPENINGS: &[(&str, &str)] = &[
+    ("apology_open", r"(?i-u)<LEAD><APOLOGY>\b"),
+    (
+        "understand_open",
+        r"(?i-u)<LEAD>(?:i\s+(?:understand|hear|see|appreciate|recognize|get)\b|(?:thank\s+you|thanks)\s+for)",
+    ),
+    (
+        "comply_open",
+        r"(?i-u)<LEAD>(?:sure|certainly|of\s+course|absolutely|yes|okay|ok|great|here(?:<A>s|\s+is|\s+are)|title\s*:|step\s+1|1[.)])\b",
+    ),
+];
+
+/// Opening indices (positions in [`OPENINGS`]).
+pub(crate) mod opening {
+    pub const APOLOGY: usize = 0;
+    pub const UNDERSTAND: usize = 1;
+    pub const COMPLY: usize = 2;
+}
+
+/// Names of the model's inputs, in order; the weights file uses them.
+pub const FEATURE_NAMES: &[&str] = &[
+    // Opening rules (rules.rs).
+    "rule_hard",
+    "rule_soft",
+    "ai_opening",
+    "apology_open",
+    "understand_open",
+    "comply_open",
+    // Head cues.
+    "inability",
+    "self_inability_only",
+    "policy_reason",
+    "redirect",
+    "instead",
+    "offer_other",
+    "here_is",
+    "contrast_help",
+    "no_opinion",
+    "moral",
+    "persona",
+    "quoted_cue",
+    "will_help",
+    "sorry",
+    "premise_reject",
+    "deflect_question",
+    "concern",
+    "announced_answer",
+    // Tail cues.
+    "tail_inability",
+    "tail_redirect",
+    "tail_offer_other",
+    "tail_policy_reason",
+    // Shape.
+    "len_lt_150",
+    "len_lt_400",
+    "len_lt_800",
+    "len_lt_1600",
+    "len_ge_1600",
+    "list_lines_ge_2",
+    "code",
+    "label_lines",
+    "paragraphs_ge_3",
+    "questions_ge_2",
+    "ends_with_question",
+    // Cue × shape: does substantive content follow the cue?
+    "refusal_cue_x_long",
+    "refusal_cue_x_list",
+    "refusal_cue_x_answer_cue",
+    "refusal_cue_x_persona",
+    "soft_x_long",
+    "redirect_x_short",
+    "offer_other_x_short",
+    "apology_open_x_short",
+    "short_without_cue",
+];
+
+/// Number of model inputs.
+pub const N_FEATURES: usize = 48;
+const _: () = assert!(FEATURE_NAMES.len() == N_FEATURES);
+
+/// Index of a feature by name (compile-time helper for the detector).
+pub(crate) mod fi {
+    pub const RULE_HARD: usize = 0;
+    pub const RULE_SOFT: usize = 1;
+    pub const ANNOUNCED_ANSWER: usize = 23;
+    pub const INABILITY: usize = 6;
+    pub const SELF_INABILITY_ONLY: usize = 7;
+}
+
+/// What the regex sets found, as bitsets.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Cues {
+    /// A compiled-in hard rule matched the opening.
+    pub rule_hard: bool,
+    /// A soft rule matched (or a hard one under an AI opening).
+    pub rule_soft: bool,
+    pub ai_opening: bool,
+    /// Bits of [`OPENINGS`].
+    pub openings: u32,
+    /// Bits of [`CUES`] in the head.
+    pub head: u32,
+    /// Bits of [`CUES`] in the tail.
+    pub tail: u32,
+}
+
+pub(crate) fn bits(m: &SetMatches, offset: usize, n: usize) -> u32 {
+    let mut b = 0u32;
+    for i in 0..n {
+        if m.matched(offset + i) {
+            b |= 1 << i;
+        }
+    }
+    b
+}
+
+/// Shape of the window, from one pass over its bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub len: usize,
+    /// Lines that start a list item (`1.`, `2)`, `-`, `*`, `•`).
+    pub list_lines: u32,
+    /// A code fence.
+    pub code: bool,
+    /// Lines that start with a short label and a colon ("Title:", "**Step 1:**").
+    pub label_lines: u32,
+    /// Blank-line separated blocks.
+    pub paragraphs: u32,
+    pub questions: u32,
+    /// The last non-blank character is `?`.
+    pub ends_with_question: bool,
+}
+
+impl Shape {
+    /// One pass with `memchr` over line ends and question marks (SIMD), and
+    /// a look at the start of each line.
+    pub(crate) fn of(w: &[u8]) -> Shape {
+        let mut s = Shape {
+            len: w.len(),
+            paragraphs: 1,
+            questions: memchr::memchr_iter(b'?', w).count() as u32,
+            code: memchr::memmem::find(w, b"```").is_some(),
+            ..Shape::default()
+        };
+        let mut line_start = 0;
+        loop {
+            let mut j = line_start;
+            while j < w.len() && (w[j] == b' ' || w[j] == b'\t') {
+                j += 1;
+            }
+            let rest = &w[j..];
+            if is_list_marker(rest) {
+                s.list_lines += 1;
+            } else if is_label(rest) {
+                s.label_lines += 1;
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(k) => {
+                    let end = j + k;
+                    if w.get(end + 1) == Some(&b'\n') {
+                        s.paragraphs += 1;
+                    }
+                    line_start = end + 1;
+                }
+                None => break,
+            }
+        }
+        s.ends_with_question = w
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'?');
+        s
+    }
+}
+
+fn is_list_marker(l: &[u8]) -> bool {
+    match l {
+        [b'-' | b'*' | b'+', b' ', c, ..] => !c.is_ascii_whitespace(),
+        [0xE2, 0x80, 0xA2, ..] => true,
+        [d, b'.' | b')', b' ', ..] if d.is_ascii_digit() => true,
+        [d, e, b'.' | b')', b' ', ..] if d.is_ascii_digit() && e.is_ascii_digit() => true,
+        _ => false,
+    }
+}
+
+/// "Title:", "**Note:**", "Step 2:", "Q:", a speaker in a dialogue.
+fn is_label(l: &[u8]) -> bool {
+    let l = l.strip_prefix(b"**").unwrap_or(l);
+    let l = l.strip_prefix(b"#").unwrap_or(l);
+    match l.first() {
+        Some(c) if c.is_ascii_uppercase() => {}
+        _ => return false,
+    }
+    for (k, &b) in l.iter().enumerate().take(28) {
+        match b {
+            b':' => return k >= 1 && l.get(k + 1).is_none_or(|c| *c == b' ' || *c == b'*'),
+            b'*' if l.get(k + 1) == Some(&b'*') && l.get(k + 2) == Some(&b':') => return true,
+            b'\n' | b'.' | b'?' | b'!' | b',' => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The model inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Features(pub [f64; N_FEATURES]);
+
+impl Features {
+    pub(crate) fn build(c: &Cues, s: &Shape) -> Features {
+        use cue::*;
+        let h = |i: usize| c.head & (1 << i) != 0;
+        let t = |i: usize| c.tail & (1 << i) != 0;
+        let o = |i: usize| c.openings & (1 << i) != 0;
+        let len = s.len;
+        let short = len < 600;
+        let long = len >= 800;
+        let refusal_cue = c.rule_hard || c.rule_soft || h(INABILITY) || h(POLICY_REASON);
+        let answer_cue = h(HERE_IS) || h(CONTRAST_HELP) || h(WILL_HELP) || h(ANNOUNCED_ANSWER);
+        let any_cue = refusal_cue
+            || c.rule_soft
+            || h(SELF_INABILITY)
+            || h(REDIRECT)
+            || t(REDIRECT)
+            || t(INABILITY)
+            || t(OFFER_OTHER);
+        let f = [
+            c.rule_hard,
+            c.rule_soft,
+            c.ai_opening,
+            o(opening::APOLOGY),
+            o(opening::UNDERSTAND),
+            o(opening::COMPLY),
+            h(INABILITY),
+            h(SELF_INABILITY) && !h(INABILITY),
+            h(POLICY_REASON),
+            h(REDIRECT),
+            h(INSTEAD),
+            h(OFFER_OTHER),
+            h(HERE_IS),
+            h(CONTRAST_HELP),
+            h(NO_OPINION),
+            h(MORAL),
+            h(PERSONA),
+            h(QUOTED_CUE),
+            h(WILL_HELP),
+            h(SORRY),
+            h(PREMISE_REJECT),
+            h(DEFLECT_QUESTION) || t(DEFLECT_QUESTION),
+            h(CONCERN),
+            h(ANNOUNCED_ANSWER),
+            t(INABILITY),
+            t(REDIRECT),
+            t(OFFER_OTHER),
+            t(POLICY_REASON),
+            len < 150,
+            (150..400).contains(&len),
+            (400..800).contains(&len),
+            (800..1600).contains(&len),
+            len >= 1600,
+            s.list_lines >= 2,
+            s.code,
+            s.label_lines >= 1,
+            s.paragraphs >= 3,
+            s.questions >= 2,
+            s.ends_with_question,
+            refusal_cue && long,
+            refusal_cue && s.list_lines >= 2,
+            refusal_cue && answer_cue,
+            refusal_cue && h(PERSONA),
+            c.rule_soft && long,
+            (h(REDIRECT) || t(REDIRECT)) && short,
+            (h(OFFER_OTHER) || t(OFFER_OTHER)) && short,
+            o(opening::APOLOGY) && len < 400,
+            !any_cue && len < 400,
+        ];
+        let mut x = [0.0; N_FEATURES];
+        for (xi, fi) in x.iter_mut().zip(f) {
+            *xi = if fi { 1.0 } else { 0.0 };
+        }
+        Features(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_counts_lists_code_labels_and_questions() {
+        let s = Shape::of(b"Title: X\n\nIntro?\n1. one\n2. two\n- three\n```\ncode\n```\nWhy?");
+        assert_eq!(s.list_lines, 3);
+        assert!(s.code);
+        assert_eq!(s.label_lines, 1);
+        assert_eq!(s.paragraphs, 2);
+        assert_eq!(s.questions, 2);
+        assert!(s.ends_with_question);
+        let p = Shape::of(b"I'm sorry, but I can't. It is 3.5 times worse - really.");
+        assert_eq!(p.list_lines, 0);
+        assert_eq!(p.label_lines, 0);
+        assert!(!p.ends_with_question);
+    }
+}
