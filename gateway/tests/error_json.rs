@@ -15,12 +15,8 @@ async fn rejected_input_gets_openai_errors() {
         Some("[server]\nmax_body_bytes = 2048\n"),
     );
     let c = client();
-    // A refused upload leaves its connection unusable (the body was not read): those
-    // requests get their own connection, so the next case never races its close.
-    let once = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    // A refused upload's answer says `Connection: close` (its body was not read),
+    // so the pooled client opens a new connection for the next case.
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
         (
             "bad-json",
@@ -45,7 +41,7 @@ async fn rejected_input_gets_openai_errors() {
         ),
         (
             "too-large",
-            once.post(gw.chat_url()).json(
+            c.post(gw.chat_url()).json(
                 &json!({"model":"m","messages":[{"role":"user","content":"x".repeat(5000)}]}),
             ),
             413,
@@ -53,7 +49,7 @@ async fn rejected_input_gets_openai_errors() {
         ),
         (
             "too-large-chunked",
-            once.post(gw.chat_url())
+            c.post(gw.chat_url())
                 .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
                     (0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])),
                 ))),

@@ -67,26 +67,6 @@ async fn read_response(s: &mut TcpStream) -> (String, String) {
     }
 }
 
-async fn metric_value(gw: &Gateway, prefix: &str) -> f64 {
-    metric(&gw.metrics().await, prefix).unwrap_or(0.0)
-}
-
-/// Waits until a metric reaches `at_least`.
-async fn wait_metric(gw: &Gateway, prefix: &str, at_least: f64) {
-    let t0 = Instant::now();
-    loop {
-        let v = metric_value(gw, prefix).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{prefix} stayed at {v} (< {at_least})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_hold_no_slot_and_time_out_with_408() {
     let sim = start_sim(fast_sim()).await;
@@ -102,7 +82,7 @@ async fn slow_bodies_hold_no_slot_and_time_out_with_408() {
             .unwrap();
         slow.push(s);
     }
-    wait_metric(&gw, "llm_gateway_open_connections", 3.0).await;
+    gw.wait_metric("llm_gateway_open_connections", 3.0).await;
     // With the only slot free while bodies upload, a normal request is served.
     let r = gw.post_chat("normal", &chat("m", false), &[]).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -126,7 +106,7 @@ async fn client_leaving_during_the_upload_is_499() {
     s.write_all(upload_head("leaver", 500).as_bytes())
         .await
         .unwrap();
-    wait_metric(&gw, "llm_gateway_open_connections", 1.0).await;
+    gw.wait_metric("llm_gateway_open_connections", 1.0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(s);
     let ev = gw.event_for("leaver").await;
@@ -254,7 +234,7 @@ async fn with_few_fds_silent_connections_cannot_lock_out_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_upload_writes_its_503_event() {
     let sim = start_sim(fast_sim()).await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 1\n"),
     );
@@ -262,15 +242,13 @@ async fn sigterm_during_an_upload_writes_its_503_event() {
     s.write_all(upload_head("uploading", 300).as_bytes())
         .await
         .unwrap();
-    wait_metric(&gw, "llm_gateway_open_connections", 1.0).await;
+    gw.wait_metric("llm_gateway_open_connections", 1.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
     let (text, _) = read_to_close(&mut s, Duration::from_secs(8)).await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text:?}");
     assert!(text.contains("shutting_down"), "{text}");
-    let (st, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(Duration::from_secs(15)), gw))
-        .await
-        .unwrap();
+    let (st, gw) = gw.exited(Duration::from_secs(15)).await;
     assert!(st.expect("no exit").success(), "{}", gw.stderr());
     let events = gw.events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -291,7 +269,7 @@ async fn a_request_on_a_kept_alive_connection_during_the_drain_gets_503() {
         ..fast_sim()
     })
     .await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 10\n"),
     );
@@ -328,9 +306,7 @@ async fn a_request_on_a_kept_alive_connection_during_the_drain_gets_503() {
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(assert_openai_error(&body)["code"], "shutting_down");
     while stream.chunk().await.unwrap().is_some() {}
-    let (st, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(Duration::from_secs(15)), gw))
-        .await
-        .unwrap();
+    let (st, gw) = gw.exited(Duration::from_secs(15)).await;
     assert!(st.expect("no exit").success(), "{}", gw.stderr());
     let late = gw.event_for("late").await;
     assert_eq!(late["status"], 503, "{late}");
@@ -385,7 +361,8 @@ async fn a_full_disk_never_leaves_a_broken_event_line() {
         }
     };
     send((0..2).map(|i| format!("before-{i}")).collect()).await;
-    wait_metric(&gw, "llm_gateway_events_written_total", 2.0).await;
+    gw.wait_metric("llm_gateway_events_written_total", 2.0)
+        .await;
     // Fill the disk.
     let filler = fs.0.path().join("filler");
     {
@@ -396,10 +373,12 @@ async fn a_full_disk_never_leaves_a_broken_event_line() {
         while f.write_all(b"x").is_ok() {}
     }
     send((0..20).map(|i| format!("full-{i}")).collect()).await;
-    wait_metric(&gw, "llm_gateway_events_dropped_total", 1.0).await;
+    gw.wait_metric("llm_gateway_events_dropped_total", 1.0)
+        .await;
     std::fs::remove_file(&filler).unwrap();
     send((0..3).map(|i| format!("after-{i}")).collect()).await;
-    wait_metric(&gw, "llm_gateway_events_written_total", 5.0).await;
+    gw.wait_metric("llm_gateway_events_written_total", 5.0)
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Every line is one whole event (read_events fails on a broken line).

@@ -210,7 +210,7 @@ async fn new_routes_share_slots_and_the_drain() {
         ..fast_sim()
     })
     .await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &["--upstream", &sim.url],
         Some("[server]\nmax_concurrent_requests = 1\nshutdown_grace_secs = 10\n"),
     );
@@ -261,12 +261,7 @@ async fn new_routes_share_slots_and_the_drain() {
         rest.extend_from_slice(&chunk);
     }
     assert!(String::from_utf8_lossy(&rest).contains("event: response.completed"));
-    let (st, gw) = tokio::task::spawn_blocking(move || {
-        let st = gw.wait_exit(Duration::from_secs(10));
-        (st, gw)
-    })
-    .await
-    .unwrap();
+    let (st, gw) = gw.exited(Duration::from_secs(10)).await;
     assert!(
         st.expect("gateway did not exit").success(),
         "{}",

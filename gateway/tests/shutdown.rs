@@ -14,7 +14,7 @@ async fn sigterm_drains_in_flight_streams_then_flushes_events() {
         ..fast_sim()
     })
     .await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 10\n"),
     );
@@ -38,13 +38,7 @@ async fn sigterm_drains_in_flight_streams_then_flushes_events() {
         rest.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
-    let status = tokio::task::spawn_blocking(move || {
-        let st = gw.wait_exit(Duration::from_secs(10));
-        (st, gw)
-    })
-    .await
-    .unwrap();
-    let (st, gw) = status;
+    let (st, gw) = gw.exited(Duration::from_secs(10)).await;
     assert!(
         st.expect("gateway did not exit").success(),
         "{}",
@@ -64,7 +58,7 @@ async fn grace_period_over_cuts_streams_with_an_event() {
         ..fast_sim()
     })
     .await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &["--upstream", &sim.url],
         Some("[server]\nshutdown_grace_secs = 1\n"),
     );
@@ -79,9 +73,7 @@ async fn grace_period_over_cuts_streams_with_an_event() {
     }
     assert!(rest.contains("shutting_down"), "{rest}");
     assert!(rest.ends_with("data: [DONE]\n\n"));
-    let (st, gw) = tokio::task::spawn_blocking(move || (gw.wait_exit(Duration::from_secs(10)), gw))
-        .await
-        .unwrap();
+    let (st, gw) = gw.exited(Duration::from_secs(10)).await;
     assert!(st.expect("exit").success());
     let events = gw.events();
     assert_eq!(events.len(), 1);

@@ -293,6 +293,14 @@ impl Gateway {
         None
     }
 
+    /// Waits for the process to exit without blocking the async test.
+    pub async fn exited(self, timeout: Duration) -> (Option<std::process::ExitStatus>, Gateway) {
+        let mut gw = self;
+        tokio::task::spawn_blocking(move || (gw.wait_exit(timeout), gw))
+            .await
+            .unwrap()
+    }
+
     /// Events written so far.
     pub fn events(&self) -> Vec<Value> {
         read_events(&self.events_path)
@@ -348,15 +356,21 @@ impl Gateway {
     /// Waits until the gateway has at least `n` requests in flight (all
     /// models), so a test need not guess how long a request takes to arrive.
     pub async fn wait_in_flight(&self, n: f64) {
+        self.wait_metric("llm_gateway_in_flight_requests", n).await;
+    }
+
+    /// Waits until the metric (all series starting with `prefix`, summed)
+    /// reaches `at_least`.
+    pub async fn wait_metric(&self, prefix: &str, at_least: f64) {
         let t0 = Instant::now();
         loop {
             let m = self.metrics().await;
-            if metric(&m, "llm_gateway_in_flight_requests").unwrap_or(0.0) >= n {
+            if metric(&m, prefix).unwrap_or(0.0) >= at_least {
                 return;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "fewer than {n} requests in flight:\n{m}"
+                "{prefix} stayed below {at_least}:\n{m}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
