@@ -1309,6 +1309,10 @@ def gateway() -> Board:
                 ),
                 prom(f"sum(rate(log_shipper_truncated_lines_total[{RI}]))", "truncated"),
                 prom(f"sum(rate(llm_gateway_events_dropped_total[{RI}]))", "gateway events dropped"),
+                prom(
+                    f"sum(rate(log_shipper_entries_rejected_count_unknown_total[{RI}]))",
+                    "fate unknown (Loki 400 without a count)",
+                ),
             ],
             "ops",
         ),
@@ -1325,6 +1329,35 @@ def gateway() -> Board:
         ),
         8,
         8,
+    )
+    b.add(
+        813,
+        timeseries(
+            "Input files",
+            [
+                prom("sum(log_shipper_followed_files)", "followed"),
+                prom("sum(log_shipper_open_files)", "open"),
+                prom(f"sum(rate(log_shipper_discovery_errors_total[{RI}]))", "failed listings/s"),
+            ],
+            "short",
+            "Followed above open: files are parked (more than --max-open-files). "
+            "Failed listings: new and rotated files are not picked up.",
+        ),
+        8,
+        8,
+        alerts=[("LogShipperDiscoveryFailing", None)],
+    )
+    b.add(
+        814,
+        timeseries(
+            "Unread input lost",
+            [prom(f"sum(rate(log_shipper_unread_bytes_lost_total[{RI}]))", "bytes lost")],
+            "Bps",
+            "Parked files deleted before they were read (raise --max-open-files).",
+        ),
+        8,
+        8,
+        alerts=[("LogShipperUnreadBytesLost", None)],
     )
     return b
 

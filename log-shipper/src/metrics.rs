@@ -180,6 +180,11 @@ impl Metrics {
             "Parked input files reopened by position",
             self.tailer.reopens.clone(),
         );
+        r.register(
+            "log_shipper_unread_bytes_lost",
+            "Bytes of parked input files deleted before the shipper read them (no descriptor was held; raise max_open_files)",
+            self.tailer.unread_bytes_lost.clone(),
+        );
         let build: Family<VersionLabels, Gauge> = Family::default();
         build
             .get_or_create(&VersionLabels {

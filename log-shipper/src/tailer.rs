@@ -81,6 +81,8 @@ pub struct TailerMetrics {
     pub followed_files: Gauge,
     /// Parked files reopened by position.
     pub reopens: Counter,
+    /// Bytes of parked files deleted before they were read (lost: no descriptor held).
+    pub unread_bytes_lost: Counter,
 }
 
 /// The consumer asked the tailer to stop.
@@ -552,6 +554,7 @@ impl Tailer {
                                     let t = &self.files[i];
                                     let unread = t.size.saturating_sub(t.read_pos);
                                     if unread > 0 {
+                                        self.cfg.metrics.unread_bytes_lost.inc_by(unread);
                                         tracing::warn!(path = %path.display(), unread_bytes = unread, "a parked file was deleted before its end was read; its unread bytes are lost (raise max_open_files)");
                                     } else {
                                         tracing::info!(path = %path.display(), "parked file deleted");
@@ -1281,6 +1284,36 @@ mod tests {
         assert_eq!(m.open_files.get(), 3);
         assert_eq!(m.followed_files.get(), 20);
         assert!(m.reopens.get() > 0);
+    }
+
+    #[test]
+    fn a_parked_file_deleted_before_it_was_read_counts_its_lost_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let m = TailerMetrics::default();
+        let mut c = cfg_glob(d.path(), Duration::ZERO, 1);
+        c.metrics = m.clone();
+        // One read chunk a round per file: files of three chunks are left partly
+        // unread after one poll.
+        c.read_budget = 1;
+        for i in 0..3 {
+            let lines: String = (0..3 * READ_CHUNK / 8)
+                .map(|n| format!("f{i}-{n:05}\n"))
+                .collect();
+            append(&d.path().join(format!("f{i}.log")), &lines);
+        }
+        let mut t = Tailer::new(c, []);
+        let mut out = Collect::default();
+        t.poll(Instant::now(), &mut out).unwrap();
+        let victim = t
+            .files
+            .iter()
+            .find(|f| f.file.is_none() && f.size > f.read_pos)
+            .expect("a parked file with unread bytes");
+        let unread = victim.size - victim.read_pos;
+        fs::remove_file(&victim.path).unwrap();
+        t.poll(Instant::now(), &mut out).unwrap();
+        assert_eq!(m.unread_bytes_lost.get(), unread);
+        assert_eq!(t.followed_files(), 2);
     }
 
     #[test]
