@@ -115,6 +115,21 @@ pub struct FilePosition {
     pub offset: u64,
 }
 
+/// The last position of a file that was closed (rotated away, deleted, or gone from its
+/// directory), kept for [`CLOSED_RETENTION_MS`] so that a file that comes back — a
+/// directory moved away and back, also across a restart — is resumed, not re-read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedPosition {
+    pub position: FilePosition,
+    /// Unix milliseconds when the file was closed.
+    pub closed_unix_ms: u64,
+}
+
+/// How long a closed file's position is kept.
+pub const CLOSED_RETENTION_MS: u64 = 24 * 3600 * 1000;
+/// Most closed positions kept (the oldest go first): bounds the positions file.
+pub const CLOSED_MAX: usize = 1_000;
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OnDisk {
@@ -124,6 +139,16 @@ struct OnDisk {
     /// Unix milliseconds of the write (informational).
     updated_unix_ms: u64,
     files: Vec<FilePosition>,
+    /// Files closed recently (absent in files written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    closed: Vec<ClosedPosition>,
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The positions file and its in-memory state.
@@ -133,6 +158,7 @@ pub struct Checkpointer {
     tmp_path: PathBuf,
     generation: u64,
     positions: BTreeMap<FileId, FilePosition>,
+    closed: BTreeMap<FileId, ClosedPosition>,
     dirty: bool,
 }
 
@@ -184,20 +210,24 @@ impl Checkpointer {
             }
             (Err(e), None) => return Err(e),
         };
-        let (generation, positions) = match chosen {
+        let (generation, positions, closed) = match chosen {
             Some(d) => (
                 d.generation,
                 d.files.into_iter().map(|p| (p.id, p)).collect(),
+                d.closed.into_iter().map(|c| (c.position.id, c)).collect(),
             ),
-            None => (0, BTreeMap::new()),
+            None => (0, BTreeMap::new(), BTreeMap::new()),
         };
-        Ok(Self {
+        let mut c = Self {
             path: path.to_owned(),
             tmp_path,
             generation,
             positions,
+            closed,
             dirty: false,
-        })
+        };
+        c.prune_closed(unix_ms_now());
+        Ok(c)
     }
 
     /// Path of the positions file.
@@ -210,17 +240,61 @@ impl Checkpointer {
         self.positions.values()
     }
 
-    /// Records acknowledged positions (later ones replace earlier ones) and forgets
-    /// files that were closed after all their lines were acknowledged.
+    /// Positions of recently closed files (see [`ClosedPosition`]).
+    pub fn closed_positions(&self) -> impl Iterator<Item = &FilePosition> {
+        self.closed.values().map(|c| &c.position)
+    }
+
+    /// Records acknowledged positions (later ones replace earlier ones) and moves files
+    /// that were closed after all their lines were acknowledged to the closed list.
     pub fn apply(&mut self, positions: impl IntoIterator<Item = FilePosition>, forget: &[FileId]) {
+        self.apply_at(positions, forget, unix_ms_now());
+    }
+
+    fn apply_at(
+        &mut self,
+        positions: impl IntoIterator<Item = FilePosition>,
+        forget: &[FileId],
+        now_ms: u64,
+    ) {
         for p in positions {
+            self.closed.remove(&p.id);
             self.positions.insert(p.id, p);
             self.dirty = true;
         }
         for id in forget {
-            if self.positions.remove(id).is_some() {
+            if let Some(position) = self.positions.remove(id) {
+                self.closed.insert(
+                    *id,
+                    ClosedPosition {
+                        position,
+                        closed_unix_ms: now_ms,
+                    },
+                );
                 self.dirty = true;
             }
+        }
+        self.prune_closed(now_ms);
+    }
+
+    /// Drops closed positions older than the retention, then the oldest beyond the cap.
+    fn prune_closed(&mut self, now_ms: u64) {
+        let before = self.closed.len();
+        self.closed
+            .retain(|_, c| now_ms.saturating_sub(c.closed_unix_ms) <= CLOSED_RETENTION_MS);
+        if self.closed.len() > CLOSED_MAX {
+            let mut ages: Vec<(u64, FileId)> = self
+                .closed
+                .iter()
+                .map(|(id, c)| (c.closed_unix_ms, *id))
+                .collect();
+            ages.sort_unstable();
+            for (_, id) in &ages[..ages.len() - CLOSED_MAX] {
+                self.closed.remove(id);
+            }
+        }
+        if self.closed.len() != before {
+            self.dirty = true;
         }
     }
 
@@ -239,11 +313,9 @@ impl Checkpointer {
         let doc = OnDisk {
             version: VERSION,
             generation: self.generation,
-            updated_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            updated_unix_ms: unix_ms_now(),
             files: self.positions.values().cloned().collect(),
+            closed: self.closed.values().cloned().collect(),
         };
         let mut bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| werr(io::Error::new(io::ErrorKind::InvalidData, e)))?;
@@ -314,6 +386,47 @@ mod tests {
     }
 
     #[test]
+    fn closed_files_are_kept_for_a_while_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("positions.json");
+        // A file written before the closed list existed loads (no `closed` field).
+        fs::write(
+            &path,
+            r#"{"version":1,"generation":3,"updated_unix_ms":0,"files":[]}"#,
+        )
+        .unwrap();
+        let mut c = Checkpointer::load(&path).unwrap();
+        let t0 = unix_ms_now();
+        c.apply_at([pos(1, 10), pos(2, 20)], &[], t0);
+        c.apply_at([], &[FileId { dev: 1, ino: 2 }], t0);
+        c.write().unwrap();
+        let mut c = Checkpointer::load(&path).unwrap();
+        assert_eq!(c.positions().cloned().collect::<Vec<_>>(), vec![pos(1, 10)]);
+        assert_eq!(
+            c.closed_positions().cloned().collect::<Vec<_>>(),
+            vec![pos(2, 20)]
+        );
+        // It came back: an active position again, no longer closed.
+        c.apply_at([pos(2, 25)], &[], t0 + 1);
+        assert_eq!(c.closed_positions().count(), 0);
+        assert_eq!(c.positions().count(), 2);
+        // Retention: a day later it is gone.
+        c.apply_at([], &[FileId { dev: 1, ino: 2 }], t0 + 2);
+        assert_eq!(c.closed_positions().count(), 1);
+        c.apply_at([], &[], t0 + 2 + CLOSED_RETENTION_MS + 1);
+        assert_eq!(c.closed_positions().count(), 0);
+        // Cap: the oldest go first.
+        let n = CLOSED_MAX as u64 + 5;
+        c.apply_at((100..100 + n).map(|i| pos(i, 1)), &[], t0);
+        for i in 100..100 + n {
+            c.apply_at([], &[FileId { dev: 1, ino: i }], t0 + i);
+        }
+        let kept: Vec<u64> = c.closed_positions().map(|p| p.id.ino).collect();
+        assert_eq!(kept.len(), CLOSED_MAX);
+        assert_eq!(kept.iter().min(), Some(&105));
+    }
+
+    #[test]
     fn prefers_newer_complete_tmp_and_rejects_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
@@ -326,6 +439,7 @@ mod tests {
             generation: 99,
             updated_unix_ms: 0,
             files: vec![pos(1, 50)],
+            closed: Vec::new(),
         };
         fs::write(tmp_path_for(&path), serde_json::to_vec(&newer).unwrap()).unwrap();
         let c2 = Checkpointer::load(&path).unwrap();

@@ -144,8 +144,18 @@ pub async fn run(
         .as_ref()
         .map(|c| c.positions().cloned().collect())
         .unwrap_or_default();
+    let closed: Vec<_> = checkpointer
+        .as_ref()
+        .map(|c| c.closed_positions().cloned().collect())
+        .unwrap_or_default();
     if !saved.is_empty() {
         tracing::info!(files = saved.len(), path = %cfg.positions_file.display(), "resuming from saved positions");
+    }
+    if !closed.is_empty() {
+        tracing::info!(
+            files = closed.len(),
+            "remembering the positions of recently closed files"
+        );
     }
     let client = if cfg.dry_run {
         None
@@ -222,7 +232,7 @@ pub async fn run(
             );
         }
         let tailer = (!files.is_empty()).then(|| {
-            Tailer::new(
+            let mut t = Tailer::new(
                 TailerConfig {
                     patterns: files,
                     discover_interval: cfg.poll_interval(),
@@ -233,7 +243,9 @@ pub async fn run(
                     metrics: metrics.tailer.clone(),
                 },
                 saved,
-            )
+            );
+            t.remember_closed(closed);
+            t
         });
         if let (Some(t), Ok(mut f)) = (tailer.as_ref(), progress.files.lock()) {
             *f = Some(t.progress());

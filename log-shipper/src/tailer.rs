@@ -269,6 +269,16 @@ impl Tailer {
         }
     }
 
+    /// Positions of files closed before this start (the positions file's closed list):
+    /// remembered like files closed while running, so a file that comes back is resumed.
+    pub fn remember_closed(&mut self, closed: impl IntoIterator<Item = FilePosition>) {
+        for p in closed {
+            if !self.saved.contains_key(&p.id) {
+                self.remember(p);
+            }
+        }
+    }
+
     /// Handle on the followed files' read progress.
     pub fn progress(&self) -> SharedProgress {
         Arc::clone(&self.shared)
@@ -722,9 +732,12 @@ impl Tailer {
                     }
                 }
                 Ok(None) => {
-                    tracing::debug!(path = %s.path.display(), "saved position of a file that is gone; forgetting it");
+                    // Gone (or its directory is away): closed, but remembered, so that
+                    // it is resumed if it comes back.
+                    tracing::debug!(path = %s.path.display(), "saved position of a file that is gone; remembering it as closed");
                     self.saved.remove(&sid);
                     sink.closed(s.id)?;
+                    self.remember(s);
                 }
                 Err(e) => {
                     self.listing_error(&s.path, &e);

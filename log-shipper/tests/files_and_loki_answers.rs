@@ -252,6 +252,56 @@ fn directory_moved_away_and_back_gives_no_duplicates() {
     drop(ship);
 }
 
+/// The shipper is restarted while its input directory is away, twice: once after the
+/// files were closed (their positions are in the positions file's closed list), once
+/// before (their saved positions are not found at start). Both times the files are
+/// resumed from their positions when the directory is back, not re-sent.
+#[test]
+fn restart_while_the_directory_is_away_gives_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let away = dir.path().join("logs.away");
+    std::fs::create_dir(&logs).unwrap();
+    let rx = Receiver::start(dir.path());
+    const FILES: usize = 10;
+    const PER: usize = 40;
+    let mut next = 0;
+    let mut write = |d: &Path| {
+        for f in 0..FILES {
+            append_lines(&d.join(format!("f{f:02}.log")), next..next + PER, 40);
+            next += PER;
+        }
+        next
+    };
+    let input = format!("{}/*.log", logs.display());
+    let args = ["--max-open-files", "4", "--rotate-wait-ms", "300"];
+    let mut total = write(&logs);
+    let mut ship = start_shipper(&rx, dir.path(), &input, &args).0;
+    rx.wait_all(total, Duration::from_secs(30), Some(&ship));
+    for (phase, secs_away_before_stop) in
+        [("closed before the restart", 2), ("open at the restart", 0)]
+    {
+        std::fs::rename(&logs, &away).unwrap();
+        std::thread::sleep(Duration::from_secs(secs_away_before_stop));
+        assert!(
+            ship.terminate(Duration::from_secs(15))
+                .is_some_and(|s| s.success())
+        );
+        ship = start_shipper(&rx, dir.path(), &input, &args).0;
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::rename(&away, &logs).unwrap();
+        total = write(&logs);
+        rx.wait_all(total, Duration::from_secs(30), Some(&ship));
+        std::thread::sleep(Duration::from_millis(500));
+        let counts = rx.counts();
+        let dups = duplicates(&counts);
+        println!("restart while away ({phase}): {total} lines, duplicates {dups}");
+        assert_eq!(counts.len(), total, "{phase}");
+        assert_eq!(dups, 0, "{phase}");
+    }
+    drop(ship);
+}
+
 /// Loki 3.4's 400 for a push where some entries are too old (its exact text, without
 /// "total ignored"): the shipper counts exactly the rejected entries as dropped and the
 /// others as sent.
