@@ -73,7 +73,7 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JudgementEvent {
     pub ts: String,
-    /// `info`, or `warn` when the judge failed (`error_type` set).
+    /// `info`, or `warn` when the judge failed (`judge_error` set).
     pub level: &'static str,
     pub event: &'static str,
     pub request_id: String,
@@ -91,8 +91,9 @@ pub struct JudgementEvent {
     pub judge_latency_ms: f64,
     /// HTTP status of the judge's answer; `None` when none came.
     pub judge_status: Option<u16>,
-    /// `timeout`, `connect`, `http_error`, `invalid_answer`; `None` on success.
-    pub error_type: Option<&'static str>,
+    /// Why the judge gave no verdict: `timeout`, `connect`, `transport`,
+    /// `http_error`, `invalid_answer`; `None` on success.
+    pub judge_error: Option<&'static str>,
     /// Bytes of response text sent to the judge.
     pub text_bytes: usize,
     /// The text was cut to `max_text_bytes` (or to the refusal scan window).

@@ -24,7 +24,7 @@
 //!    refusal / partial / compliance) and the text between
 //!    [`TEXT_OPEN`] and [`TEXT_CLOSE`], bounded by `timeout_ms`. The answer
 //!    must be one word ([`parse_verdict`]); anything else is
-//!    `error_type: "invalid_answer"`.
+//!    `judge_error: "invalid_answer"`.
 //! 4. Each job writes one `refusal_judgement` event: the verdict (or the
 //!    error), whether it agrees with the detector's `refusal_kind`, the
 //!    judge's latency and model.
@@ -643,7 +643,7 @@ impl Shared {
             judge_model: self.cfg.model.clone(),
             judge_latency_ms: (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             judge_status: status,
-            error_type,
+            judge_error: error_type,
             text_bytes: job.text.text.len(),
             text_truncated: job.text.truncated,
             schema_version: SCHEMA_VERSION,
