@@ -278,7 +278,7 @@ fn golden_events_match_the_schema() {
             .unwrap_err()
             .contains("missing verdict")
     );
-    let mut r = serde_json::to_value(&base_event()).unwrap();
+    let mut r = serde_json::to_value(base_event()).unwrap();
     r.as_object_mut().unwrap().remove("route");
     assert!(validate(&schema, &r).unwrap_err().contains("missing route"));
     r["route"] = json!("/v1/chat/completions");
