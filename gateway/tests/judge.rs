@@ -177,7 +177,10 @@ async fn judge_request_shape_and_a_strict_answer() {
         std::fs::write(&key, "sk-judge\n").unwrap();
         let cfg = judge_cfg(
             &format!("{}/v1", mock.url),
-            &format!("api_key_file = \"{}\"\nmax_tokens = 5\n", key.display()),
+            &format!(
+                "api_key_file = \"{}\"\nmax_tokens = 5\nmax_text_bytes = 10\n",
+                key.display()
+            ),
         );
         let gw = Gateway::start(&["--upstream", &up.url], Some(&cfg));
         let r = gw.post_chat("shape-1", &chat("m", false), &[]).await;
@@ -204,6 +207,12 @@ async fn judge_request_shape_and_a_strict_answer() {
             user.contains("<<<RESPONSE\n") && user.contains("\nRESPONSE>>>"),
             "{user}"
         );
+        // The text is cut to max_text_bytes, and the event says so.
+        let start = user.find("<<<RESPONSE\n").unwrap() + "<<<RESPONSE\n".len();
+        let sent = &user[start..user.find("\nRESPONSE>>>").unwrap()];
+        assert!(!sent.is_empty() && sent.len() <= 10, "{sent:?}");
+        assert_eq!(j[0]["text_bytes"], sent.len());
+        assert_eq!(j[0]["text_truncated"], true);
         let m = gw.metrics().await;
         let want = if error.is_null() { "partial" } else { "error" };
         let agreement = if error.is_null() {
