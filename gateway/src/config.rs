@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::judge::{JudgeConfig, RawJudge};
 use crate::refusal::{Detector, RefusalConfig};
 
 /// Problems found while loading or validating the configuration.
@@ -65,7 +66,8 @@ pub struct RawConfig {
     /// Tenants by name: their API key hashes and limits.
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
-    /// Refusal detection (the `[refusal]` table of the refusal module).
+    /// Refusal detection (the `[refusal]` table of the refusal module; its
+    /// `[refusal.judge]` sub-table is the judge's, see `crate::judge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<toml::Table>,
     /// Directory of the config file (relative `refusal.rules_file` paths).
@@ -545,6 +547,8 @@ pub struct Config {
     pub prices: HashMap<String, Price>,
     pub tenants: Vec<TenantConfig>,
     pub detector: Arc<Detector>,
+    /// The optional refusal judge (`[refusal.judge]`, off by default).
+    pub judge: Option<JudgeConfig>,
 }
 
 fn parse_endpoint(url: &str) -> Result<EndpointConfig, ConfigError> {
@@ -724,18 +728,32 @@ impl RawConfig {
                 max_concurrent_requests: raw.max_concurrent_requests,
             });
         }
-        let detector = match &self.refusal {
+        let (detector, judge) = match &self.refusal {
             Some(table) => {
+                // `[refusal.judge]` is the judge's own table (crate::judge).
+                let mut table = table.clone();
+                let judge = match table.remove("judge") {
+                    Some(v) => {
+                        let mut raw = RawJudge::from_table(v)?;
+                        if let Some(dir) = &self.base_dir {
+                            raw.resolve_paths(dir);
+                        }
+                        raw.validate()?
+                    }
+                    None => None,
+                };
                 let mut rc: RefusalConfig = table
-                    .clone()
                     .try_into()
                     .map_err(|e| invalid(format!("[refusal]: {e}")))?;
                 if let Some(dir) = &self.base_dir {
                     rc.resolve_paths(dir);
                 }
-                Detector::new(&rc).map_err(|e| invalid(format!("{e}")))?
+                (
+                    Detector::new(&rc).map_err(|e| invalid(format!("{e}")))?,
+                    judge,
+                )
             }
-            None => Detector::with_defaults(),
+            None => (Detector::with_defaults(), None),
         };
         let events_path = match self.events.output.as_str() {
             "-" | "" => None,
@@ -784,6 +802,7 @@ impl RawConfig {
             prices,
             tenants,
             detector: Arc::new(detector),
+            judge,
         })
     }
 }

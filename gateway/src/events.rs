@@ -67,6 +67,49 @@ pub struct Event {
     pub usage_source: Option<&'static str>,
 }
 
+/// One `refusal_judgement` event: the verdict of the optional refusal judge
+/// ([`crate::judge`]) on a response that already has its `response` event
+/// (same `request_id`). Written after it, off the request path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgementEvent {
+    pub ts: String,
+    /// `info`, or `warn` when the judge failed (`judge_error` set).
+    pub level: &'static str,
+    pub event: &'static str,
+    pub request_id: String,
+    pub model: String,
+    pub tenant: String,
+    /// `refusal`, `partial` or `compliance`; `None` when the judge failed.
+    pub verdict: Option<&'static str>,
+    /// The detector's `refusal_kind` of the response event.
+    pub detector_kind: Option<&'static str>,
+    /// Judge and detector mean the same (`refusal`~`full`,
+    /// `partial`~`partial`, `compliance`~none); `None` when the judge failed.
+    pub agrees: Option<bool>,
+    pub judge_model: String,
+    /// From sending the judge request to its answer (or the failure).
+    pub judge_latency_ms: f64,
+    /// HTTP status of the judge's answer; `None` when none came.
+    pub judge_status: Option<u16>,
+    /// Why the judge gave no verdict: `timeout`, `connect`, `transport`,
+    /// `http_error`, `invalid_answer`; `None` on success.
+    pub judge_error: Option<&'static str>,
+    /// Bytes of response text sent to the judge.
+    pub text_bytes: usize,
+    /// The text was cut to `max_text_bytes` (or to the refusal scan window).
+    pub text_truncated: bool,
+    pub schema_version: u32,
+}
+
+impl JudgementEvent {
+    /// The line written for this event (with the trailing newline).
+    pub fn to_line(&self, out: &mut Vec<u8>) {
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
 impl Event {
     /// The line written for this event (with the trailing newline).
     pub fn to_line(&self, out: &mut Vec<u8>) {
@@ -112,6 +155,7 @@ fn round3(x: f64) -> f64 {
 
 enum Msg {
     Event(Box<Event>),
+    Judgement(Box<JudgementEvent>),
     Reopen,
     Shutdown,
 }
@@ -145,7 +189,16 @@ impl std::fmt::Debug for EventSink {
 impl EventSink {
     /// Queues an event without blocking and without dropping it.
     pub fn emit(&self, ev: Event) {
-        match self.tx.try_send(Msg::Event(Box::new(ev))) {
+        self.send(Msg::Event(Box::new(ev)));
+    }
+
+    /// Queues a `refusal_judgement` event, like [`EventSink::emit`].
+    pub fn emit_judgement(&self, ev: JudgementEvent) {
+        self.send(Msg::Judgement(Box::new(ev)));
+    }
+
+    fn send(&self, msg: Msg) {
+        match self.tx.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let tx = self.tx.clone();
@@ -380,6 +433,10 @@ impl Writer {
                         ev.to_line(&mut buf);
                         count += 1;
                     }
+                    Msg::Judgement(ev) => {
+                        ev.to_line(&mut buf);
+                        count += 1;
+                    }
                     Msg::Reopen => {
                         self.write(&mut buf, &mut count);
                         self.reopen();
@@ -393,10 +450,12 @@ impl Writer {
         rx.close();
         let mut count = 0;
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Event(ev) = msg {
-                ev.to_line(&mut buf);
-                count += 1;
+            match msg {
+                Msg::Event(ev) => ev.to_line(&mut buf),
+                Msg::Judgement(ev) => ev.to_line(&mut buf),
+                Msg::Reopen | Msg::Shutdown => continue,
             }
+            count += 1;
         }
         self.write(&mut buf, &mut count);
     }
@@ -529,6 +588,8 @@ pub struct Recorder {
     pub hard_stop: tokio_util::sync::CancellationToken,
     /// Requests whose event is not written yet.
     pub live: LiveRequests,
+    /// The optional refusal judge (`[refusal.judge]`).
+    pub judge: Option<Arc<crate::judge::Judge>>,
 }
 
 /// Counts the requests in progress (guards not yet finished), so the
@@ -602,6 +663,9 @@ pub struct EventGuard {
     /// `Some("counted")` when `usage` was counted by the gateway.
     pub usage_source: Option<&'static str>,
     pub refusal: Option<RefusalOutcome>,
+    /// Response text picked for the refusal judge (sampled); offered to it
+    /// after the event is queued, if the request succeeded.
+    pub judge_text: Option<crate::judge::JudgeText>,
     pub error_type: Option<&'static str>,
     permits: Vec<OwnedSemaphorePermit>,
     done: bool,
@@ -634,6 +698,7 @@ impl EventGuard {
             usage: None,
             usage_source: None,
             refusal: None,
+            judge_text: None,
             error_type: Some("client_disconnect"),
             permits: Vec::new(),
             done: false,
@@ -781,7 +846,24 @@ impl EventGuard {
             refusal_excerpt,
             usage_source: self.usage_source,
         };
+        let judge_job = match (self.judge_text.take(), &self.rec.judge) {
+            (Some(text), Some(judge)) if ev.status < 300 && ev.error_type.is_none() => Some((
+                judge,
+                crate::judge::Job {
+                    request_id: ev.request_id.clone(),
+                    model: ev.model.clone(),
+                    tenant: ev.tenant.clone(),
+                    model_label: self.model_label.clone(),
+                    detector_kind: ev.refusal_kind,
+                    text,
+                },
+            )),
+            _ => None,
+        };
         self.rec.sink.emit(ev);
+        if let Some((judge, job)) = judge_job {
+            judge.offer(job);
+        }
         self.permits.clear();
         self.rec.live.dec();
     }

@@ -9,7 +9,8 @@
 //! answer) · [`upstream`] (client, pools, health checks) · [`relay`] (SSE
 //! framing and accumulation) · [`auth`] (API keys → tenants) · [`error`]
 //! (OpenAI error shape) · [`events`] (the event writer) · [`metrics`] ·
-//! `refusal` (refusal detection).
+//! `refusal` (refusal detection) · [`judge`] (the optional refusal judge:
+//! a second event per sampled response, off the request path).
 
 pub mod api;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod judge;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal;

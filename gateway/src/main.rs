@@ -33,6 +33,7 @@ use gateway::auth::{Auth, hash_key_hex};
 use gateway::cli::{Cli, Command, RefusalCommand};
 use gateway::config::{Overrides, RawConfig, RawModel};
 use gateway::events::{self, LiveRequests, Output, Recorder};
+use gateway::judge;
 use gateway::metrics::Metrics;
 use gateway::proxy::AppState;
 use gateway::upstream::Upstreams;
@@ -238,6 +239,27 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let (sink, writer) = events::start(output, cfg.events_queue_capacity, metrics.clone())
         .context("cannot open the events output")?;
 
+    // The optional refusal judge: workers off the request path.
+    let (judge, judge_workers) = match &cfg.judge {
+        Some(j) => {
+            let (judge, workers) = judge::start(
+                j.clone(),
+                cfg.detector.scan_bytes(),
+                sink.clone(),
+                metrics.clone(),
+            )
+            .context("cannot start the refusal judge")?;
+            tracing::info!(
+                endpoint = %j.endpoint,
+                model = %j.model,
+                sample_rate = j.sample_rate,
+                "refusal judge enabled"
+            );
+            (Some(judge), Some(workers))
+        }
+        None => (None, None),
+    };
+
     // Phase 4: upstreams.
     let upstreams = Arc::new(Upstreams::new(&cfg, &metrics)?);
     let health_stop = CancellationToken::new();
@@ -254,6 +276,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             prices: cfg.prices.clone(),
             hard_stop: hard_stop.clone(),
             live: LiveRequests::default(),
+            judge,
         }),
         auth: Auth::new(&cfg.tenants),
         global: Arc::new(Semaphore::new(cfg.max_concurrent_requests)),
@@ -339,7 +362,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ctl.force_close.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
     }
-    // Phase 4: background tasks.
+    // Phase 4: background tasks; the refusal judge gets a short drain.
+    if let Some(w) = judge_workers {
+        let left = w.shutdown().await;
+        tracing::info!(
+            left,
+            "refusal judge stopped; responses left unjudged are counted as skipped (shutdown)"
+        );
+    }
     health_stop.cancel();
     demo_stop.cancel();
     drop(state);

@@ -92,6 +92,15 @@ struct Reason {
     reason: &'static str,
 }
 
+/// Refusal judge verdicts: `verdict` in {refusal, partial, compliance,
+/// error}, `agreement` in {agree, disagree, unknown} (bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JudgementLabels {
+    model: Label,
+    verdict: &'static str,
+    agreement: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Version {
     version: &'static str,
@@ -169,6 +178,8 @@ pub struct Metrics {
     open_connections: Gauge,
     connections_rejected: Family<Reason, Counter>,
     connections_timed_out: Family<Reason, Counter>,
+    judgements: Family<JudgementLabels, Counter>,
+    judge_skipped: Family<Reason, Counter>,
 }
 
 /// Outcome of one request, recorded when it ends.
@@ -201,6 +212,8 @@ impl Metrics {
         let open_connections = Gauge::default();
         let connections_rejected = Family::<Reason, Counter>::default();
         let connections_timed_out = Family::<Reason, Counter>::default();
+        let judgements = Family::<JudgementLabels, Counter>::default();
+        let judge_skipped = Family::<Reason, Counter>::default();
         let build = Family::<Version, Gauge>::default();
         build
             .get_or_create(&Version {
@@ -279,6 +292,16 @@ impl Metrics {
             connections_timed_out.clone(),
         );
         registry.register(
+            "llm_gateway_refusal_judgements",
+            "Responses judged by the optional refusal judge, by verdict (refusal, partial, compliance, error) and agreement with the detector (agree, disagree, unknown)",
+            judgements.clone(),
+        );
+        registry.register(
+            "llm_gateway_refusal_judge_skipped",
+            "Sampled responses the refusal judge did not judge, by reason (queue_full, budget, shutdown)",
+            judge_skipped.clone(),
+        );
+        registry.register(
             "llm_gateway_build_info",
             "Build information (always 1)",
             build,
@@ -300,6 +323,8 @@ impl Metrics {
             open_connections,
             connections_rejected,
             connections_timed_out,
+            judgements,
+            judge_skipped,
         }
     }
 
@@ -395,6 +420,24 @@ impl Metrics {
         self.connections_timed_out
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    /// A refusal judgement was written (`verdict` `error` when the judge failed).
+    pub fn refusal_judgement(&self, model: &Label, verdict: &'static str, agreement: &'static str) {
+        self.judgements
+            .get_or_create(&JudgementLabels {
+                model: model.clone(),
+                verdict,
+                agreement,
+            })
+            .inc();
+    }
+
+    /// A sampled response was not judged (`queue_full`, `budget`, `shutdown`).
+    pub fn refusal_judge_skipped(&self, reason: &'static str, n: u64) {
+        self.judge_skipped
+            .get_or_create(&Reason { reason })
+            .inc_by(n);
     }
 
     pub fn events_written(&self, n: u64) {

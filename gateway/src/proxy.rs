@@ -1137,6 +1137,9 @@ async fn forward(
         } else {
             None
         };
+        if api.generates() {
+            pick_for_judge(&state, &mut guard, &summary);
+        }
         // A 2xx carrying an error object (or JSON that is no object) is relayed
         // as the upstream sent it (scrubbed), and recorded as an upstream error.
         let failed = summary.error.is_some()
@@ -1273,6 +1276,15 @@ fn track_usage(g: &mut EventGuard, s: &Summary, prompt_bytes: usize) {
     }
 }
 
+/// Keeps the response text for the optional refusal judge when the response
+/// is eligible and sampled (`crate::judge`); it is offered to the judge
+/// after the event is written.
+fn pick_for_judge(state: &AppState, g: &mut EventGuard, s: &Summary) {
+    if let Some(j) = &state.recorder.judge {
+        g.judge_text = j.pick(&g.request_id, g.refusal.as_ref().map(|r| r.kind), &s.texts);
+    }
+}
+
 /// Applies the refusal detector to a response summary.
 pub fn refusal_of(cfg: &Config, s: &Summary) -> Option<RefusalOutcome> {
     let signals = Signals {
@@ -1365,6 +1377,7 @@ impl StreamState {
         }
         if self.api.generates() {
             g.refusal = refusal_of(&self.state.cfg, s);
+            pick_for_judge(&self.state, &mut g, s);
         }
         g.finish();
         out.freeze()

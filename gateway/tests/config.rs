@@ -37,6 +37,55 @@ fn example_config_parses_and_validates() {
 }
 
 #[test]
+fn refusal_judge_table_is_validated() {
+    // The example documents the judge, switched off.
+    let raw = RawConfig::load(&example()).unwrap();
+    assert!(raw.validate().unwrap().judge.is_none());
+    // Switched on, its keys validate.
+    let text = std::fs::read_to_string(example()).unwrap();
+    let on = text.replace(
+        "[refusal.judge]\nenabled = false",
+        "[refusal.judge]\nenabled = true",
+    );
+    assert_ne!(on, text);
+    let mut raw = RawConfig::parse(&on).unwrap();
+    raw.base_dir = example().parent().map(PathBuf::from);
+    let cfg = raw.validate().unwrap();
+    let j = cfg.judge.unwrap();
+    assert_eq!(j.endpoint, "http://judge.internal:8000/v1/chat/completions");
+    assert_eq!(j.model, "qwen2.5-1.5b-instruct");
+    // The detector still gets its own rules next to the judge table.
+    assert!(cfg.detector.scan_bytes() > 0);
+    // Errors name the key, through the whole config.
+    let pool = "[pools.a]\nendpoints = [\"http://h:1\"]\n";
+    for (table, want) in [
+        (
+            "[refusal.judge]\nenabled = true\nmodel = \"j\"",
+            "invalid configuration: refusal.judge.url is required",
+        ),
+        (
+            "[refusal.judge]\nenabled = true\nurl = \"http://j:1\"\nmodel = \"j\"\nsample_rate = 2.0",
+            "refusal.judge.sample_rate must be between 0 and 1, got 2",
+        ),
+        (
+            "[refusal.judge]\nenabled = true\nurl = \"http://j:1\"\nmodel = \"j\"\nqueue = 3",
+            "[refusal.judge]: unknown field `queue`",
+        ),
+        (
+            "[refusal]\nscan_bytes = 1024\n[refusal.judge]\nenabled = true\nurl = \"http://j:1\"\nmodel = \"j\"\nconcurrency = 0",
+            "refusal.judge.concurrency must be between 1 and 64, got 0",
+        ),
+    ] {
+        let err = RawConfig::parse(&format!("{pool}{table}\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{table}: {err}");
+    }
+}
+
+#[test]
 fn check_config_prints_the_effective_config() {
     let out = Command::new(common::bin())
         .args(["check-config", "--config"])

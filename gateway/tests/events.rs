@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use gateway::events::{Event, SCHEMA_VERSION};
+use gateway::events::{Event, JudgementEvent, SCHEMA_VERSION};
 use serde_json::{Value, json};
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -133,10 +133,49 @@ fn representative() -> Vec<Event> {
     ]
 }
 
+/// `refusal_judgement` events: a verdict that agrees, and a judge timeout.
+fn judgements() -> Vec<JudgementEvent> {
+    let agree = JudgementEvent {
+        ts: "2026-01-02T03:04:06.012Z".into(),
+        level: "info",
+        event: "refusal_judgement",
+        request_id: "req-2".into(),
+        model: "llama-3.1-8b-instruct".into(),
+        tenant: "acme".into(),
+        verdict: Some("refusal"),
+        detector_kind: Some("full"),
+        agrees: Some(true),
+        judge_model: "qwen2.5-1.5b-instruct".into(),
+        judge_latency_ms: 84.25,
+        judge_status: Some(200),
+        judge_error: None,
+        text_bytes: 61,
+        text_truncated: false,
+        schema_version: SCHEMA_VERSION,
+    };
+    let timeout = JudgementEvent {
+        level: "warn",
+        request_id: "req-1".into(),
+        verdict: None,
+        detector_kind: None,
+        agrees: None,
+        judge_latency_ms: 10000.4,
+        judge_status: None,
+        judge_error: Some("timeout"),
+        text_bytes: 2048,
+        text_truncated: true,
+        ..agree.clone()
+    };
+    vec![agree, timeout]
+}
+
 #[test]
 fn golden_lines() {
     let mut out = Vec::new();
     for e in representative() {
+        e.to_line(&mut out);
+    }
+    for e in judgements() {
         e.to_line(&mut out);
     }
     let got = String::from_utf8(out).unwrap();
@@ -151,11 +190,29 @@ fn golden_lines() {
     );
 }
 
-/// A small JSON Schema check: required, additionalProperties, type, enum, pattern prefix.
+/// A small JSON Schema check: required, additionalProperties, type, enum,
+/// and the `allOf` of `if event is X then required / forbidden fields`.
 fn validate(schema: &Value, ev: &Value) -> Result<(), String> {
     let obj = ev.as_object().ok_or("not an object")?;
     let props = schema["properties"].as_object().unwrap();
-    for r in schema["required"].as_array().unwrap() {
+    let mut required: Vec<&Value> = schema["required"].as_array().unwrap().iter().collect();
+    for branch in schema["allOf"].as_array().into_iter().flatten() {
+        if branch["if"]["properties"]["event"]["const"] != ev["event"] {
+            continue;
+        }
+        required.extend(branch["then"]["required"].as_array().unwrap());
+        for (k, p) in branch["then"]["properties"].as_object().unwrap() {
+            if *p == Value::Bool(false) && obj.contains_key(k) {
+                return Err(format!("{k} is not allowed on {} events", ev["event"]));
+            }
+            if let (Some(en), Some(v)) = (p["enum"].as_array(), obj.get(k))
+                && !en.contains(v)
+            {
+                return Err(format!("{k}: {v} not in enum of {} events", ev["event"]));
+            }
+        }
+    }
+    for r in required {
         let r = r.as_str().unwrap();
         if !obj.contains_key(r) {
             return Err(format!("missing {r}"));
@@ -202,6 +259,38 @@ fn golden_events_match_the_schema() {
         let v = serde_json::to_value(&e).unwrap();
         validate(&schema, &v).unwrap_or_else(|err| panic!("{err}: {v}"));
     }
+    for e in judgements() {
+        let v = serde_json::to_value(&e).unwrap();
+        validate(&schema, &v).unwrap_or_else(|err| panic!("{err}: {v}"));
+    }
+    // The two kinds do not mix: each kind's fields are required, the other's forbidden.
+    let mut j = serde_json::to_value(&judgements()[0]).unwrap();
+    j["route"] = json!("/v1/chat/completions");
+    assert!(
+        validate(&schema, &j)
+            .unwrap_err()
+            .contains("route is not allowed")
+    );
+    let mut j = serde_json::to_value(&judgements()[0]).unwrap();
+    j.as_object_mut().unwrap().remove("verdict");
+    assert!(
+        validate(&schema, &j)
+            .unwrap_err()
+            .contains("missing verdict")
+    );
+    let mut r = serde_json::to_value(base_event()).unwrap();
+    r.as_object_mut().unwrap().remove("route");
+    assert!(validate(&schema, &r).unwrap_err().contains("missing route"));
+    r["route"] = json!("/v1/chat/completions");
+    r["verdict"] = json!("refusal");
+    assert!(
+        validate(&schema, &r)
+            .unwrap_err()
+            .contains("verdict is not allowed")
+    );
+    let mut j = serde_json::to_value(&judgements()[0]).unwrap();
+    j["level"] = json!("error");
+    assert!(validate(&schema, &j).unwrap_err().contains("level"));
     // Field order is the contract's.
     let line = serde_json::to_string(&base_event()).unwrap();
     let order = [

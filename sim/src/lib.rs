@@ -6,12 +6,14 @@
 //! - [`metrics`]: vLLM's `vllm:` Prometheus metrics, rendered like Python `prometheus_client`.
 //! - [`wire`]: byte-exact vLLM JSON / SSE shapes.
 //! - [`text`]: deterministic text, token estimates and refusal phrasings.
+//! - [`judge`]: one-word verdicts for llm-gateway's refusal-judge prompts.
 //! - [`loadgen`]: traffic scenarios and statistics behind the `loadgen` binary.
 
 mod embeddings;
 pub mod engine;
 mod features;
 mod generate;
+pub mod judge;
 pub mod loadgen;
 pub mod metrics;
 mod pooling;

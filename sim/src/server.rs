@@ -591,6 +591,8 @@ async fn generate(
         return bad_request("max_tokens must be at least 1, got 0.");
     }
     let seed = cfg.seed ^ req.seed.map_or(0, text::mix64);
+    // A refusal-judge prompt of llm-gateway gets a one-word verdict (crate::judge).
+    let mut judge_verdict = None;
     let prompts = match kind {
         Kind::Chat if responses => {
             let Some(input) = &req.input else {
@@ -639,6 +641,7 @@ async fn generate(
                     .saturating_add(text::CHAT_MESSAGE_OVERHEAD);
                 all.push('\n');
             }
+            judge_verdict = crate::judge::answer(&all);
             vec![Prompt {
                 hash: text::hash_bytes(seed, all.as_bytes()),
                 tokens,
@@ -743,7 +746,9 @@ async fn generate(
             let h = text::mix64(p.hash ^ u64::from(i).wrapping_mul(0x9E37));
             let mut words = Vec::new();
             let mut tool = None;
-            let mut tokens: Vec<Cow<'static, str>> = if b.refuse {
+            let mut tokens: Vec<Cow<'static, str>> = if let Some(v) = judge_verdict {
+                features::pieces(v)
+            } else if b.refuse {
                 text::split_tokens(text::refusal_text(h), &mut words);
                 words.into_iter().map(Cow::Borrowed).collect()
             } else if let Some((name, schema)) = &tool_call {
