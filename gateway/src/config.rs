@@ -966,6 +966,64 @@ max_concurrent_requests = 3
     }
 
     #[test]
+    fn routing_policies_and_their_scrape_defaults() {
+        let text = r#"
+[routing]
+default_pool = "plain"
+affinity_max_load_factor = 1.5
+[pools.plain]
+endpoints = ["http://h:1"]
+[pools.aware]
+routing = "load-aware"
+endpoints = ["http://h:2"]
+[pools.sticky]
+routing = "prefix-affinity"
+metrics_scrape_interval_ms = 0
+affinity_max_load_factor = 2.0
+endpoints = ["http://h:3"]
+[pools.rr]
+routing = "round-robin"
+metrics_scrape_interval_ms = 250
+endpoints = ["http://h:4"]
+"#;
+        let cfg = RawConfig::parse(text).unwrap().validate().unwrap();
+        let pool = |n: &str| cfg.pools.iter().find(|p| p.name == n).unwrap();
+        assert_eq!(pool("plain").routing, RoutingPolicy::LeastInFlight);
+        assert_eq!(pool("plain").scrape_interval, None, "no scrape unless read");
+        assert_eq!(pool("plain").affinity_max_load_factor, 1.5);
+        assert_eq!(pool("aware").routing, RoutingPolicy::LoadAware);
+        assert_eq!(
+            pool("aware").scrape_interval,
+            Some(Duration::from_millis(1000))
+        );
+        assert_eq!(pool("sticky").scrape_interval, None);
+        assert_eq!(pool("sticky").affinity_max_load_factor, 2.0);
+        assert_eq!(pool("rr").routing, RoutingPolicy::RoundRobin);
+        assert_eq!(pool("rr").scrape_interval, Some(Duration::from_millis(250)));
+        // [routing] sets the scrape for every pool without its own.
+        let all = "[routing]\nmetrics_scrape_interval_ms = 500\n[pools.a]\nendpoints = [\"http://h:1\"]\n";
+        let cfg = RawConfig::parse(all).unwrap().validate().unwrap();
+        assert_eq!(
+            cfg.pools[0].scrape_interval,
+            Some(Duration::from_millis(500))
+        );
+        // The effective config (check-config) round-trips.
+        let again = RawConfig::parse(&RawConfig::parse(text).unwrap().to_toml()).unwrap();
+        assert_eq!(
+            again.pools["sticky"].routing,
+            Some(RoutingPolicy::PrefixAffinity)
+        );
+        for bad in [
+            "[pools.a]\nendpoints = [\"http://h:1\"]\naffinity_max_load_factor = 0.9\n",
+            "[pools.a]\nendpoints = [\"http://h:1\"]\naffinity_max_load_factor = nan\n",
+            "[pools.a]\nendpoints = [\"http://h:1\"]\nmetrics_scrape_interval_ms = 1\n",
+        ] {
+            assert!(RawConfig::parse(bad).unwrap().validate().is_err(), "{bad}");
+        }
+        assert!(RawConfig::parse("[pools.a]\nendpoints = []\nrouting = \"fastest\"\n").is_err());
+    }
+
+    #[test]
     fn bad_key_hash_and_unknown_pool_are_errors() {
         let bad = "[pools.a]\nendpoints=[\"http://h:1\"]\n[tenants.t]\napi_key_sha256=[\"abc\"]\n";
         assert!(RawConfig::parse(bad).unwrap().validate().is_err());
