@@ -224,6 +224,7 @@ async fn connect_failure_retries_on_another_endpoint() {
         sim.url
     );
     let gw = Gateway::start(&[], Some(&cfg));
+    let mut reasons = Vec::new();
     for (i, stream) in [false, true, false, true].into_iter().enumerate() {
         let r = gw
             .post_chat(&format!("r{i}"), &chat("m", stream), &[])
@@ -232,7 +233,16 @@ async fn connect_failure_retries_on_another_endpoint() {
         r.text().await.unwrap();
         let ev = gw.event_for(&format!("r{i}")).await;
         assert_eq!(ev["endpoint"], sim.url.trim_start_matches("http://"));
+        reasons.push(ev["routing_reason"].as_str().unwrap().to_owned());
     }
+    // The request that met the dead endpoint first was served by its retry.
+    assert!(reasons.iter().any(|r| r == "retry"), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r == "retry" || r == "least_in_flight"),
+        "{reasons:?}"
+    );
     let m = gw.metrics().await;
     assert!(
         metric(
