@@ -698,8 +698,10 @@ async fn serve(
     let pool = state.upstreams.pools[pool_idx].clone();
     guard.upstream = Some(pool.name.clone());
     let mut parsed = parsed;
+    // Taken either way: it holds the body as received (kept no longer than needed).
+    let key_src = parsed.key_src.take();
     if pool.routing == crate::config::RoutingPolicy::PrefixAffinity {
-        parsed.affinity_key = crate::routing::affinity_key(&headers, parsed.key_src.as_ref());
+        parsed.affinity_key = crate::routing::affinity_key(&headers, key_src.as_ref());
     }
     forward(state, target, pool, headers, parsed, up_body, guard).await
 }
