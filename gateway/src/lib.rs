@@ -9,6 +9,8 @@
 //! answer) · [`upstream`] (client, pools, health checks) · [`relay`] (SSE
 //! framing and accumulation) · [`auth`] (API keys → tenants) · [`error`]
 //! (OpenAI error shape) · [`events`] (the event writer) · [`metrics`] ·
+//! [`routing`] (routing reasons, prefix-affinity keys) · [`scrape`] (endpoint
+//! load from the upstreams' `/metrics`) ·
 //! `refusal` (refusal detection) · [`judge`] (the optional refusal judge:
 //! a second event per sampled response, off the request path).
 
@@ -24,5 +26,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod relay;
 pub mod routes;
+pub mod routing;
+pub mod scrape;
 pub mod server;
 pub mod upstream;
