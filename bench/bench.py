@@ -379,7 +379,8 @@ completion_usd_per_million_tokens = 0.10
     path = os.path.join(ctx.out, "gateway.toml")
     with open(path, "w") as f:
         f.write(cfg)
-    gw = Server(ctx, "gateway", [os.path.join(BIN, "llm-gateway"), "--config", path],
+    env = {"TOKIO_WORKER_THREADS": str(ctx.args.gateway_workers)} if ctx.args.gateway_workers else None
+    gw = Server(ctx, "gateway", [os.path.join(BIN, "llm-gateway"), "--config", path], env=env,
                 cpus=ctx.cpus("server"))
     if not wait_http(f"http://127.0.0.1:{port}/healthz", 20, gw.proc):
         raise RuntimeError(f"gateway did not start: {gw.tail()}")
@@ -1401,6 +1402,8 @@ def main():
                     "overhead,streams,many,profile,nginx,litellm,shipper,benches")
     ap.add_argument("--litellm-workers", default="1,2",
                     help="LiteLLM proxies to compare, by worker count (comma list)")
+    ap.add_argument("--gateway-workers", type=int, default=None,
+                    help="TOKIO_WORKER_THREADS of the gateway (default: one per core)")
     ap.add_argument("--profile-stream-rate", type=int, default=200,
                     help="streams/s of the streaming profile window")
     ap.add_argument("--command", default="bench/run.sh")
