@@ -1402,6 +1402,8 @@ def main():
                     "overhead,streams,many,profile,nginx,litellm,shipper,benches")
     ap.add_argument("--litellm-workers", default="1,2",
                     help="LiteLLM proxies to compare, by worker count (comma list)")
+    ap.add_argument("--gateway-bin", default=None,
+                    help="measure this llm-gateway binary instead of target/release's (before/after runs)")
     ap.add_argument("--gateway-workers", type=int, default=None,
                     help="TOKIO_WORKER_THREADS of the gateway (default: one per core)")
     ap.add_argument("--profile-stream-rate", type=int, default=200,
@@ -1444,6 +1446,8 @@ def main():
         if not os.path.exists(os.path.join(BIN, tool)):
             sys.exit(f"missing {BIN}/{tool}: build first (bench/run.sh does)")
         shutil.copy2(os.path.join(BIN, tool), os.path.join(private, tool))
+    if a.gateway_bin:
+        shutil.copy2(a.gateway_bin, os.path.join(private, "llm-gateway"))
     BIN = private
     try:
         sims = start_sims(ctx)
