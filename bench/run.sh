@@ -5,8 +5,10 @@
 #   bench/run.sh --quick    smoke run (~3 min)
 #   bench/run.sh --pin      pin the load generator to CPU 0 and the servers to CPU 1
 #   bench/run.sh --skip litellm,shipper,...   (see bench/bench.py --help)
+#   bench/run.sh --litellm-workers 1          (LiteLLM proxies to compare: default 1 and 2 workers)
 #
-# Builds the release binaries, installs LiteLLM into bench/.venv (if it can), runs
+# Builds the release binaries, installs nginx-light (Debian) and LiteLLM into bench/.venv
+# (if it can), runs
 # bench/bench.py, writes bench/results/<date>.md and .json and prints a summary.
 # Raw per-window loadgen output and process logs go to bench/out/<timestamp>/.
 set -euo pipefail
@@ -35,6 +37,14 @@ if [ "$INSTALL" = 1 ]; then
     (apt-get install -y -qq linux-perf >/dev/null 2>&1 ||
       { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq linux-perf >/dev/null 2>&1; }) ||
       echo "   linux-perf not installed: the profile section will be skipped" >&2
+  fi
+  # nginx (Debian nginx-light): the plain reverse proxy every run compares with (bench/nginx.conf).
+  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1 &&
+    [ "$(id -u)" = 0 ]; then
+    echo "== installing nginx-light" >&2
+    (apt-get install -y -qq nginx-light >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx-light >/dev/null 2>&1; }) ||
+      echo "   nginx-light not installed: the nginx column will say so" >&2
   fi
   # LiteLLM proxy, pinned, in a private venv; a failure is recorded, not fatal.
   STATUS=bench/out/litellm-install-status

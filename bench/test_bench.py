@@ -91,6 +91,32 @@ class Harness(unittest.TestCase):
         self.assertIn("| 1000 | 0.500 / 1.000 | 0.100 / 0.300 | 8.500 / 30.000 |", md)
         self.assertIn("## Goals", md)
 
+    def test_nginx_ratio_and_per_chunk_goals(self):
+        per = {"direct": [win("direct", 0, 1.0, 2.0, rate=500)],
+               "gateway": [win("gateway", 0, 1.3, 2.5, rate=500)],
+               "nginx": [win("nginx", 0, 1.2, 2.2, rate=500)]}
+        row = dict(bench.summarize_rate(500, per), gateway_requests_sent=500,
+                   gateway_events_written=500, gateway_metrics_requests=500.0)
+        sper = {"direct": [win("direct", 0, 700, 710, rate=200, ttft=52.0)],
+                "gateway": [win("gateway", 0, 700.2, 710, rate=200, ttft=52.2)],
+                "nginx": [win("nginx", 0, 700.2, 710, rate=200, ttft=52.2)]}
+        srow = bench.summarize_rate(200, sper)
+        srow["gateway"]["cpu_us_per_chunk"] = 7.5
+        res = {"overhead": {"rates": [row], "gateway_max_sustained_rps": 6000},
+               "streams": {"rates": [srow], "chunks_per_stream": 66}}
+        goals = {g["goal"]: g for g in bench.evaluate(res)}
+        non_stream = goals["added latency <= 1.25x nginx's (non-streaming)"]
+        # (1.3-1.0)/(1.2-1.0) = 1.5x: missed
+        self.assertFalse(non_stream["met"], non_stream)
+        self.assertIn("1.5x latency p50 at 500 req/s", non_stream["value"])
+        self.assertTrue(goals["added latency <= 1.25x nginx's (streams)"]["met"])
+        chunk = [g for k, g in goals.items() if "per relayed chunk" in k][0]
+        self.assertTrue(chunk["met"], chunk)
+        self.assertTrue([g for k, g in goals.items() if k.startswith("max sustained")][0]["met"])
+        self.assertTrue([g for k, g in goals.items() if k.startswith("requests = events")][0]["met"])
+        table = "\n".join(bench.side_by_side([row], False))
+        self.assertIn("| 500 | nginx | 0.200 / 0.200 |", table)
+
     def test_null_receiver_accepts_a_push(self):
         port = bench.free_port()
         p = subprocess.Popen([sys.executable, os.path.join(bench.BENCH, "null_receiver.py"), str(port)],

@@ -1237,7 +1237,7 @@ async fn forward(
             }
             Ok(Ok(None)) => eof = true,
             Ok(Ok(Some(chunk))) => {
-                let fed = relay.feed(&chunk);
+                let fed = relay.feed_bytes(chunk);
                 if fed.content && guard.ttft.is_none() {
                     guard.ttft = Some(guard.elapsed());
                 }
@@ -1265,12 +1265,12 @@ async fn forward(
     let pending = pending.freeze();
     guard.stream_started();
     let upstream_headers = resp.headers().clone();
+    let now = Instant::now();
     let st = StreamState {
         api,
         prompt_bytes: parsed.prompt_bytes,
         state: state.clone(),
         pool,
-        resp,
         _inflight: inflight,
         relay,
         guard: Some(guard),
@@ -1280,8 +1280,16 @@ async fn forward(
         eof,
         finished: false,
     };
-    let stream = futures_util::stream::unfold(st, step);
-    let mut r = Response::new(Body::from_stream(stream));
+    let body = RelayBody {
+        upstream: Box::pin(resp.bytes_stream()),
+        sleep: Box::pin(tokio::time::sleep_until(
+            deadline.min(now + cfg.idle_timeout),
+        )),
+        last_chunk: now,
+        stop: Box::pin(state.hard_stop.clone().cancelled_owned()),
+        s: st,
+    };
+    let mut r = Response::new(Body::new(body));
     *r.status_mut() = StatusCode::OK;
     copy_response_headers(&upstream_headers, r.headers_mut());
     r.headers_mut()
@@ -1370,7 +1378,6 @@ struct StreamState {
     prompt_bytes: usize,
     state: Arc<AppState>,
     pool: Arc<Pool>,
-    resp: reqwest::Response,
     _inflight: InFlight,
     relay: SseRelay,
     guard: Option<EventGuard>,
@@ -1484,64 +1491,91 @@ impl StreamState {
     }
 }
 
-async fn step(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
-    if let Some(p) = s.pending.take()
-        && !p.is_empty()
-    {
-        return Some((Ok(p), s));
-    }
-    if s.finished {
-        return None;
-    }
-    if s.eof {
-        let out = s.finish_ok();
-        return if out.is_empty() {
+/// The response body of a stream: polls the upstream body directly in the
+/// client connection's task (no channel, no task of its own), passes each
+/// chunk's complete events on as they came (a slice of the upstream bytes),
+/// and keeps one idle timer and one shutdown wait for the whole stream
+/// instead of arming a new timer per chunk: the timer is moved only when it
+/// fires before the stream is really idle.
+struct RelayBody {
+    s: StreamState,
+    upstream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + 'static>,
+    >,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the last upstream chunk came (the idle timeout counts from it).
+    last_chunk: Instant,
+    stop: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl RelayBody {
+    fn frame(out: Bytes) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(if out.is_empty() {
             None
         } else {
-            Some((Ok(out), s))
-        };
+            Some(Ok(http_body::Frame::data(out)))
+        })
     }
-    loop {
-        let until = s.deadline.min(Instant::now() + s.idle);
-        let hard_stop = s.state.hard_stop.clone();
-        let next = tokio::select! {
-            r = tokio::time::timeout_at(until, s.resp.chunk()) => r,
-            _ = hard_stop.cancelled() => {
-                let out = s.finish_cut(Cut::Shutdown);
-                return Some((Ok(out), s));
-            }
-        };
-        match next {
-            Ok(Ok(Some(chunk))) => {
-                let fed = s.relay.feed(&chunk);
-                if let Some(g) = s.guard.as_mut() {
-                    if fed.content && g.ttft.is_none() {
-                        g.ttft = Some(g.elapsed());
+}
+
+impl http_body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let s = &mut this.s;
+        if let Some(p) = s.pending.take()
+            && !p.is_empty()
+        {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(p))));
+        }
+        if s.finished {
+            return Poll::Ready(None);
+        }
+        if s.eof {
+            return Self::frame(s.finish_ok());
+        }
+        loop {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.last_chunk = Instant::now();
+                    let fed = s.relay.feed_bytes(chunk);
+                    if let Some(g) = s.guard.as_mut() {
+                        if fed.content && g.ttft.is_none() {
+                            g.ttft = Some(g.elapsed());
+                        }
+                        track_usage(g, &s.relay.summary, s.prompt_bytes);
                     }
-                    track_usage(g, &s.relay.summary, s.prompt_bytes);
+                    if fed.out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(fed.out))));
                 }
-                if fed.out.is_empty() {
-                    continue;
-                }
-                return Some((Ok(fed.out), s));
-            }
-            Ok(Ok(None)) => {
-                let out = s.finish_ok();
-                return if out.is_empty() {
-                    None
-                } else {
-                    Some((Ok(out), s))
-                };
-            }
-            Ok(Err(_)) => {
-                let out = s.finish_cut(Cut::Transport);
-                return Some((Ok(out), s));
-            }
-            Err(_) => {
-                let out = s.finish_cut(Cut::Timeout);
-                return Some((Ok(out), s));
+                Poll::Ready(None) => return Self::frame(s.finish_ok()),
+                Poll::Ready(Some(Err(_))) => return Self::frame(s.finish_cut(Cut::Transport)),
+                Poll::Pending => break,
             }
         }
+        if this.stop.as_mut().poll(cx).is_ready() {
+            return Self::frame(s.finish_cut(Cut::Shutdown));
+        }
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let due = s.deadline.min(this.last_chunk + s.idle);
+            if due <= Instant::now() {
+                return Self::frame(s.finish_cut(Cut::Timeout));
+            }
+            this.sleep.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.s.finished && self.s.pending.as_ref().is_none_or(Bytes::is_empty)
     }
 }
 

@@ -685,21 +685,33 @@ impl SseRelay {
 
     /// Feeds upstream bytes; returns the bytes to send on.
     pub fn feed(&mut self, chunk: &[u8]) -> Fed {
+        self.feed_bytes(Bytes::copy_from_slice(chunk))
+    }
+
+    /// Feeds upstream bytes without copying them: when nothing is pending
+    /// (the usual case, one or more whole events per upstream chunk), the
+    /// bytes passed on are a slice of `chunk` itself; only the unfinished
+    /// tail of an event is copied into the pending buffer.
+    pub fn feed_bytes(&mut self, chunk: Bytes) -> Fed {
         if self.passthrough {
             return Fed {
-                out: Bytes::copy_from_slice(chunk),
+                out: chunk,
                 content: false,
             };
         }
-        self.buf.extend_from_slice(chunk);
-        let mut buf = std::mem::take(&mut self.buf);
+        let data = if self.buf.is_empty() {
+            chunk
+        } else {
+            self.buf.extend_from_slice(&chunk);
+            self.buf.split().freeze()
+        };
         let mut scan = std::mem::take(&mut self.scan);
         let mut fed = Fed::default();
         let mut pos = 0;
-        // Output assembled only if an event is removed; otherwise a prefix of buf.
+        // Output assembled only if an event is removed; otherwise a prefix of data.
         let mut rebuilt: Option<BytesMut> = None;
-        while let Some(len) = next_event(&buf[pos..], &mut scan, false) {
-            let ev = &buf[pos..pos + len];
+        while let Some(len) = next_event(&data[pos..], &mut scan, false) {
+            let ev = &data[pos..pos + len];
             let (keep, content) = self.inspect_event(ev, &scan.data);
             scan.reset();
             fed.content |= content;
@@ -707,7 +719,7 @@ impl SseRelay {
                 (None, true) => {}
                 (None, false) => {
                     let mut r = BytesMut::with_capacity(pos);
-                    r.extend_from_slice(&buf[..pos]);
+                    r.extend_from_slice(&data[..pos]);
                     rebuilt = Some(r);
                 }
                 (Some(r), true) => r.extend_from_slice(ev),
@@ -716,11 +728,13 @@ impl SseRelay {
             pos += len;
         }
         self.scan = scan;
-        let consumed = buf.split_to(pos).freeze();
-        self.buf = buf;
+        // The unfinished event (its scan state is relative to its start).
+        if pos < data.len() {
+            self.buf.extend_from_slice(&data[pos..]);
+        }
         fed.out = match rebuilt {
             Some(r) => r.freeze(),
-            None => consumed,
+            None => data.slice(..pos),
         };
         if self.buf.len() > MAX_PENDING_EVENT_BYTES {
             // Not SSE as we know it: stop parsing and pass everything on.
@@ -833,6 +847,30 @@ mod tests {
             assert!(s.done);
             assert!(s.error.is_none());
         }
+    }
+
+    #[test]
+    fn whole_events_are_passed_on_without_a_copy() {
+        let mut r = SseRelay::new(true, 1024);
+        let events: Vec<&str> = CHAT.split_inclusive("\n\n").collect();
+        // One event per chunk, as vLLM writes them: the bytes sent on are the chunk's own.
+        let chunk = Bytes::from(events[1].to_owned());
+        let fed = r.feed_bytes(chunk.clone());
+        assert_eq!(fed.out, chunk);
+        assert_eq!(fed.out.as_ptr(), chunk.as_ptr(), "same buffer, not a copy");
+        // Two events and half of a third: the two whole ones go on (a slice), the rest waits.
+        let two = format!("{}{}{}", events[1], events[2], &events[0][..10]);
+        let chunk = Bytes::from(two.clone());
+        let fed = r.feed_bytes(chunk.clone());
+        assert_eq!(fed.out.len(), events[1].len() + events[2].len());
+        assert_eq!(fed.out.as_ptr(), chunk.as_ptr());
+        assert!(!r.at_boundary());
+        let fed = r.feed_bytes(Bytes::from(events[0][10..].to_owned()));
+        assert_eq!(&fed.out[..], events[0].as_bytes());
+        // The usage chunk is removed: that output is rebuilt, the others are still slices.
+        let fed = r.feed_bytes(Bytes::from(events[3].to_owned()));
+        assert!(fed.out.is_empty());
+        assert!(r.at_boundary());
     }
 
     #[test]
