@@ -9,8 +9,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, TAIL_BYTES, TAIL_CUES, bits,
-    fi,
+    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance, TAIL_BYTES,
+    TAIL_CUES, bits, cue, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -372,7 +372,7 @@ impl Detector {
         if let Some(v) = self.configured_rule(window, &matches) {
             return v;
         }
-        let x = Features::build(&cues, &Shape::of(window));
+        let x = build_features(&cues, window);
         let score = model.score(&x);
         let refusal_cue = x.0[fi::RULE_HARD] > 0.0
             || x.0[fi::RULE_SOFT] > 0.0
@@ -383,8 +383,12 @@ impl Detector {
         // at most a hedge; only an opening hard rule can still make it a
         // full refusal through the model.
         let announced = x.0[fi::ANNOUNCED_ANSWER] > 0.0 && x.0[fi::RULE_HARD] == 0.0;
+        // A request for clarification ("I don't understand the question.
+        // Could you clarify ...?") declines nothing: at most a hedge unless
+        // an opening hard rule matched.
+        let clarify = cues.head & (1 << cue::CLARIFY) != 0 && x.0[fi::RULE_HARD] == 0.0;
         let kind = if score >= DECISION_SCORE {
-            if announced {
+            if announced || clarify {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -413,7 +417,7 @@ impl Detector {
         }
         let window = prefix(text, self.scan_bytes).as_bytes();
         let (cues, _) = self.cues_of(window);
-        Some(Features::build(&cues, &Shape::of(window)))
+        Some(build_features(&cues, window))
     }
 
     /// The detector with another model (for leave-one-source-out training).
@@ -440,7 +444,8 @@ impl Detector {
     }
 
     /// Benchmark helper: runs one stage of [`Detector::detect`] on `text`
-    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass).
+    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass,
+    /// 3: substance pass).
     #[doc(hidden)]
     pub fn bench_stage(&self, stage: u8, text: &str) -> usize {
         let window = prefix(text, self.scan_bytes).as_bytes();
@@ -451,7 +456,8 @@ impl Detector {
                 let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
                 hs.matches(head).iter().count() + ts.matches(tail).iter().count()
             }),
-            _ => Shape::of(window).list_lines as usize,
+            2 => Shape::of(window).list_lines as usize,
+            _ => Substance::of(&window[..window.len().min(HEAD_BYTES)]).substantive as usize,
         }
     }
 
@@ -583,6 +589,12 @@ impl Detector {
             _ => Verdict::default(),
         }
     }
+}
+
+/// The model inputs of a window: cues, shape (whole window), substance (head).
+fn build_features(cues: &Cues, window: &[u8]) -> Features {
+    let head = &window[..window.len().min(HEAD_BYTES)];
+    Features::build(cues, &Shape::of(window), &Substance::of(head))
 }
 
 /// A probability in thousandths.
