@@ -9,8 +9,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance, TAIL_BYTES,
-    TAIL_CUES, bits, cue, fi,
+    CLARIFY, CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance,
+    TAIL_BYTES, TAIL_CUES, bits, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -149,6 +149,8 @@ pub struct Detector {
     /// as a leftmost `is_match` but not inside an overlapping set search.
     /// `None` only in the inert fallback of [`Detector::with_defaults`].
     answer_follows: Option<Regex>,
+    /// [`CLARIFY`], consulted only when the model says "full".
+    clarify: Option<Regex>,
     rules: Vec<RuleMeta>,
     /// The first `n_default` rules are the compiled-in ones: with a model
     /// they are features, not decisions.
@@ -221,6 +223,7 @@ impl Detector {
                     enabled: false,
                     set: RegexSet::empty(),
                     answer_follows: None,
+                    clarify: None,
                     rules: Vec::new(),
                     n_default: 0,
                     cues: None,
@@ -306,6 +309,12 @@ impl Detector {
             enabled,
             set,
             answer_follows: Some(answer_follows),
+            clarify: Some(
+                RegexBuilder::new(&expand(CLARIFY))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| RefusalError::RuleSet(e.to_string()))?,
+            ),
             rules,
             n_default,
             cues,
@@ -385,10 +394,16 @@ impl Detector {
         let announced = x.0[fi::ANNOUNCED_ANSWER] > 0.0 && x.0[fi::RULE_HARD] == 0.0;
         // A request for clarification ("I don't understand the question.
         // Could you clarify ...?") declines nothing: at most a hedge unless
-        // an opening hard rule matched.
-        let clarify = cues.head & (1 << cue::CLARIFY) != 0 && x.0[fi::RULE_HARD] == 0.0;
+        // an opening hard rule matched. Searched only on that path.
+        let clarify = |w: &[u8]| {
+            x.0[fi::RULE_HARD] == 0.0
+                && self
+                    .clarify
+                    .as_ref()
+                    .is_some_and(|re| re.is_match(&w[..w.len().min(HEAD_BYTES)]))
+        };
         let kind = if score >= DECISION_SCORE {
-            if announced || clarify {
+            if announced || clarify(window) {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -427,6 +442,7 @@ impl Detector {
             enabled: self.enabled,
             set: self.set.clone(),
             answer_follows: self.answer_follows.clone(),
+            clarify: self.clarify.clone(),
             rules: self
                 .rules
                 .iter()

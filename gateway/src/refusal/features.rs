@@ -117,13 +117,15 @@ pub(crate) const CUES: &[(&str, &str)] = &[
     (
         "announced_answer",
         r"(?i-u)\b(?:however|but|that\s+said|here(?:\s+are|\s+is|<A>s)|i\s+can\s+(?:tell|provide|give|offer|share|explain|suggest|describe|list|outline))\b[^.!?\n]*:\s*\S",
-    ), // The user is asked what they mean: a clarification, not a refusal
-    // (not a model input: it caps the verdict at `partial`, see the detector).
-    (
-        "clarify",
-        r"(?i-u)\b(?:could|can|would)\s+you\s+(?:please\s+)?(?:clarify|rephrase|elaborate|explain\s+what\s+you\s+mean|provide\s+more\s+(?:context|details|information))|\b(?:i\s+(?:don<A>?t|do\s+not)\s+understand|not\s+sure\s+what\s+you\s+mean|what\s+do\s+you\s+mean)\b",
     ),
 ];
+
+/// The user is asked what they mean ("I don't understand the question.
+/// Could you clarify ...?"): a clarification, not a refusal. Not a model
+/// input: the detector looks for it in the head only when the model says
+/// "full refusal", and then reports a hedge (`partial`) unless an opening
+/// hard rule matched.
+pub(crate) const CLARIFY: &str = r"(?i-u)\b(?:could|can|would)\s+you\s+(?:please\s+)?(?:clarify|rephrase|elaborate|explain\s+what\s+you\s+mean|provide\s+more\s+(?:context|details|information))|\b(?:i\s+(?:don<A>?t|do\s+not)\s+understand|not\s+sure\s+what\s+you\s+mean|what\s+do\s+you\s+mean)\b";
 
 /// Cue indices (positions in [`CUES`]).
 pub(crate) mod cue {
@@ -145,7 +147,6 @@ pub(crate) mod cue {
     pub const DEFLECT_QUESTION: usize = 15;
     pub const CONCERN: usize = 16;
     pub const ANNOUNCED_ANSWER: usize = 17;
-    pub const CLARIFY: usize = 18;
 }
 
 /// Anchored opening patterns (besides the rules): what the first words are.
@@ -412,6 +413,139 @@ pub(crate) fn word_class(w: &[u8]) -> WordClass {
     }
 }
 
+/// Byte classes for [`Substance::of`].
+const B_OTHER: u8 = 0;
+const B_LETTER: u8 = 1;
+/// `'` and `-`: part of a word.
+const B_JOIN: u8 = 2;
+/// `.`, `!`, `?`, line end: ends a sentence.
+const B_END: u8 = 3;
+/// 0xE2: maybe the start of `’`.
+const B_E2: u8 = 4;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [B_OTHER; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphabetic() {
+            B_LETTER
+        } else if b == b'\'' || b == b'-' {
+            B_JOIN
+        } else if matches!(b, b'.' | b'!' | b'?' | b'\n') {
+            B_END
+        } else if b == 0xE2 {
+            B_E2
+        } else {
+            B_OTHER
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The words [`word_class`] knows, for the prefilter below (a unit test
+/// checks the two agree).
+const LEXICON: &[&[u8]] = &[
+    b"i",
+    b"i'm",
+    b"i've",
+    b"i'd",
+    b"i'll",
+    b"me",
+    b"my",
+    b"we",
+    b"we're",
+    b"our",
+    b"us",
+    b"myself",
+    b"ai",
+    b"assistant",
+    b"you",
+    b"your",
+    b"you're",
+    b"yourself",
+    b"you've",
+    b"you'll",
+    b"important",
+    b"crucial",
+    b"essential",
+    b"imperative",
+    b"remember",
+    b"respect",
+    b"respectful",
+    b"ethical",
+    b"ethics",
+    b"unethical",
+    b"harmful",
+    b"harm",
+    b"safety",
+    b"safe",
+    b"well-being",
+    b"wellbeing",
+    b"illegal",
+    b"legal",
+    b"guidelines",
+    b"appropriate",
+    b"inappropriate",
+    b"professional",
+    b"professionals",
+    b"support",
+    b"help",
+    b"seek",
+    b"seeking",
+    b"counselor",
+    b"therapist",
+    b"sorry",
+    b"apologize",
+    b"unfortunately",
+    b"policy",
+    b"policies",
+    b"consult",
+    b"encourage",
+    b"recommend",
+    b"suggest",
+    b"advice",
+    b"concerns",
+    b"concern",
+    b"understand",
+    b"feelings",
+    b"alone",
+    b"offensive",
+    b"discrimination",
+    b"discriminatory",
+    b"dangerous",
+    b"consequences",
+    b"request",
+    b"assist",
+    b"provide",
+    b"information",
+    b"content",
+    b"topic",
+];
+
+/// Bit `len` of entry `first letter - 'a'` is set when a lexicon word has
+/// that first letter and length: most words are rejected without a lookup.
+const PREFILTER: [u32; 26] = {
+    let mut t = [0u32; 26];
+    let mut k = 0;
+    while k < LEXICON.len() {
+        let w = LEXICON[k];
+        t[(w[0] - b'a') as usize] |= 1 << w.len();
+        k += 1;
+    }
+    t
+};
+
+/// [`word_class`] behind the prefilter; `w` is 1 to 16 bytes.
+fn class_of(w: &[u8]) -> WordClass {
+    let first = w[0];
+    if !first.is_ascii_lowercase() || PREFILTER[(first - b'a') as usize] & (1 << w.len()) == 0 {
+        return WordClass::Other;
+    }
+    word_class(w)
+}
+
 impl Substance {
     /// One pass over `head`: words are runs of ASCII letters, `'`, `’` and
     /// `-`, sentences end at `.`, `!`, `?` or a line end.
@@ -419,39 +553,41 @@ impl Substance {
         let mut s = Substance::default();
         let mut buf = [0u8; 16];
         let mut len = 0usize;
-        let mut in_word = false;
         // Current sentence: words, names a person, uses a meta word.
         let (mut sw, mut person, mut meta) = (0u32, false, false);
         let mut i = 0;
-        while i <= head.len() {
-            let b = head.get(i).copied().unwrap_or(b'\n');
-            let wc = if b.is_ascii_alphabetic() {
-                Some(b.to_ascii_lowercase())
-            } else if b == b'\'' || b == b'-' {
-                Some(b)
-            } else if b == 0xE2 && head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99)
-            {
-                i += 2;
-                Some(b'\'')
+        let n = head.len();
+        while i <= n {
+            let (class, b) = if i < n {
+                let b = head[i];
+                (BYTE_CLASS[b as usize], b)
             } else {
-                None
+                (B_END, b'\n')
             };
-            if let Some(c) = wc {
+            let c = match class {
+                B_LETTER => Some(b | 0x20),
+                B_JOIN => Some(b),
+                B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
+                    i += 2;
+                    Some(b'\'')
+                }
+                _ => None,
+            };
+            if let Some(c) = c {
                 if len < buf.len() {
                     buf[len] = c;
                 }
                 len += 1;
-                in_word = true;
             } else {
-                if in_word {
+                if len > 0 {
                     s.words += 1;
                     sw += 1;
-                    let class = if len <= buf.len() {
-                        word_class(&buf[..len])
+                    let wc = if len <= buf.len() {
+                        class_of(&buf[..len])
                     } else {
                         WordClass::Other
                     };
-                    match class {
+                    match wc {
                         WordClass::Person => person = true,
                         WordClass::Meta => {
                             meta = true;
@@ -459,10 +595,9 @@ impl Substance {
                         }
                         WordClass::Other => {}
                     }
-                    in_word = false;
                     len = 0;
                 }
-                if matches!(b, b'.' | b'!' | b'?' | b'\n') {
+                if class == B_END {
                     if sw >= 4 {
                         s.sentences += 1;
                         if !person && !meta {
@@ -592,6 +727,15 @@ mod tests {
         assert_eq!(word_class(b"you're"), WordClass::Person);
         assert_eq!(word_class(b"guidelines"), WordClass::Meta);
         assert_eq!(word_class(b"treaty"), WordClass::Other);
+        for w in LEXICON {
+            assert_ne!(
+                class_of(w),
+                WordClass::Other,
+                "{}",
+                String::from_utf8_lossy(w)
+            );
+        }
+        assert_eq!(class_of(b"the"), WordClass::Other);
         let long = Substance::of(b"supercalifragilisticexpialidocious help");
         assert_eq!((long.words, long.meta), (2, 1));
     }
