@@ -13,7 +13,11 @@
 use regex::bytes::SetMatches;
 
 /// Bytes at the start of the window searched for head cues.
-pub(crate) const HEAD_BYTES: usize = 512;
+pub(crate) const HEAD_BYTES: usize = 384;
+/// Bytes at the start of the window whose lines the shape pass looks at
+/// (lists, labelled lines, paragraphs); length, code fences and question
+/// marks count over the whole window.
+pub(crate) const SHAPE_LINE_BYTES: usize = 2048;
 /// Bytes at the end of the window searched for the tail cues.
 pub(crate) const TAIL_BYTES: usize = 320;
 
@@ -301,6 +305,9 @@ impl Shape {
             code: memchr::memmem::find(w, b"```").is_some(),
             ..Shape::default()
         };
+        // Lines (lists, labels, paragraphs) in the first SHAPE_LINE_BYTES.
+        let full = w;
+        let w = &w[..w.len().min(SHAPE_LINE_BYTES)];
         let mut line_start = 0;
         loop {
             let mut j = line_start;
@@ -324,7 +331,7 @@ impl Shape {
                 None => break,
             }
         }
-        s.ends_with_question = w
+        s.ends_with_question = full
             .iter()
             .rev()
             .find(|b| !b.is_ascii_whitespace())
@@ -552,62 +559,65 @@ impl Substance {
     pub(crate) fn of(head: &[u8]) -> Substance {
         let mut s = Substance::default();
         let mut buf = [0u8; 16];
-        let mut len = 0usize;
         // Current sentence: words, names a person, uses a meta word.
         let (mut sw, mut person, mut meta) = (0u32, false, false);
-        let mut i = 0;
         let n = head.len();
-        while i <= n {
-            let (class, b) = if i < n {
+        let mut i = 0;
+        loop {
+            // Between words: skip to the next word byte, closing sentences.
+            while i < n {
+                match BYTE_CLASS[head[i] as usize] {
+                    B_LETTER | B_JOIN => break,
+                    B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
+                        break;
+                    }
+                    B_END => {
+                        if sw >= 4 {
+                            s.sentences += 1;
+                            s.substantive += u32::from(!person && !meta);
+                        }
+                        (sw, person, meta) = (0, false, false);
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            if i >= n {
+                break;
+            }
+            // A word: lower-cased into `buf` (its first 16 bytes).
+            let mut len = 0usize;
+            while i < n {
                 let b = head[i];
-                (BYTE_CLASS[b as usize], b)
-            } else {
-                (B_END, b'\n')
-            };
-            let c = match class {
-                B_LETTER => Some(b | 0x20),
-                B_JOIN => Some(b),
-                B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
-                    i += 2;
-                    Some(b'\'')
-                }
-                _ => None,
-            };
-            if let Some(c) = c {
-                if len < buf.len() {
-                    buf[len] = c;
-                }
+                let c = match BYTE_CLASS[b as usize] {
+                    B_LETTER => b | 0x20,
+                    B_JOIN => b,
+                    B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
+                        i += 2;
+                        b'\''
+                    }
+                    _ => break,
+                };
+                buf[len & 15] = c;
                 len += 1;
-            } else {
-                if len > 0 {
-                    s.words += 1;
-                    sw += 1;
-                    let wc = if len <= buf.len() {
-                        class_of(&buf[..len])
-                    } else {
-                        WordClass::Other
-                    };
-                    match wc {
-                        WordClass::Person => person = true,
-                        WordClass::Meta => {
-                            meta = true;
-                            s.meta += 1;
-                        }
-                        WordClass::Other => {}
+                i += 1;
+            }
+            s.words += 1;
+            sw += 1;
+            if len <= buf.len() {
+                match class_of(&buf[..len]) {
+                    WordClass::Person => person = true,
+                    WordClass::Meta => {
+                        meta = true;
+                        s.meta += 1;
                     }
-                    len = 0;
-                }
-                if class == B_END {
-                    if sw >= 4 {
-                        s.sentences += 1;
-                        if !person && !meta {
-                            s.substantive += 1;
-                        }
-                    }
-                    (sw, person, meta) = (0, false, false);
+                    WordClass::Other => {}
                 }
             }
-            i += 1;
+        }
+        if sw >= 4 {
+            s.sentences += 1;
+            s.substantive += u32::from(!person && !meta);
         }
         s
     }
