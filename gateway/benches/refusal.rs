@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("text_100kb_window_4kb", |b| {
         b.iter(|| det.detect(black_box(&sig), black_box(&big)))
     });
-    for stage in 0..3u8 {
+    for stage in 0..4u8 {
         g.bench_function(format!("text_4kb_stage{stage}"), |b| {
             b.iter(|| det.bench_stage(stage, black_box(&four_kb)))
         });

@@ -9,8 +9,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, TAIL_BYTES, TAIL_CUES, bits,
-    fi,
+    CLARIFY, CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance,
+    TAIL_BYTES, TAIL_CUES, bits, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -149,6 +149,8 @@ pub struct Detector {
     /// as a leftmost `is_match` but not inside an overlapping set search.
     /// `None` only in the inert fallback of [`Detector::with_defaults`].
     answer_follows: Option<Regex>,
+    /// [`CLARIFY`], consulted only when the model says "full".
+    clarify: Option<Regex>,
     rules: Vec<RuleMeta>,
     /// The first `n_default` rules are the compiled-in ones: with a model
     /// they are features, not decisions.
@@ -221,6 +223,7 @@ impl Detector {
                     enabled: false,
                     set: RegexSet::empty(),
                     answer_follows: None,
+                    clarify: None,
                     rules: Vec::new(),
                     n_default: 0,
                     cues: None,
@@ -306,6 +309,12 @@ impl Detector {
             enabled,
             set,
             answer_follows: Some(answer_follows),
+            clarify: Some(
+                RegexBuilder::new(&expand(CLARIFY))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| RefusalError::RuleSet(e.to_string()))?,
+            ),
             rules,
             n_default,
             cues,
@@ -372,7 +381,7 @@ impl Detector {
         if let Some(v) = self.configured_rule(window, &matches) {
             return v;
         }
-        let x = Features::build(&cues, &Shape::of(window));
+        let x = build_features(&cues, window);
         let score = model.score(&x);
         let refusal_cue = x.0[fi::RULE_HARD] > 0.0
             || x.0[fi::RULE_SOFT] > 0.0
@@ -383,8 +392,18 @@ impl Detector {
         // at most a hedge; only an opening hard rule can still make it a
         // full refusal through the model.
         let announced = x.0[fi::ANNOUNCED_ANSWER] > 0.0 && x.0[fi::RULE_HARD] == 0.0;
+        // A request for clarification ("I don't understand the question.
+        // Could you clarify ...?") declines nothing: at most a hedge unless
+        // an opening hard rule matched. Searched only on that path.
+        let clarify = |w: &[u8]| {
+            x.0[fi::RULE_HARD] == 0.0
+                && self
+                    .clarify
+                    .as_ref()
+                    .is_some_and(|re| re.is_match(&w[..w.len().min(HEAD_BYTES)]))
+        };
         let kind = if score >= DECISION_SCORE {
-            if announced {
+            if announced || clarify(window) {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -413,7 +432,7 @@ impl Detector {
         }
         let window = prefix(text, self.scan_bytes).as_bytes();
         let (cues, _) = self.cues_of(window);
-        Some(Features::build(&cues, &Shape::of(window)))
+        Some(build_features(&cues, window))
     }
 
     /// The detector with another model (for leave-one-source-out training).
@@ -423,6 +442,7 @@ impl Detector {
             enabled: self.enabled,
             set: self.set.clone(),
             answer_follows: self.answer_follows.clone(),
+            clarify: self.clarify.clone(),
             rules: self
                 .rules
                 .iter()
@@ -440,7 +460,8 @@ impl Detector {
     }
 
     /// Benchmark helper: runs one stage of [`Detector::detect`] on `text`
-    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass).
+    /// (0: opening rule set, 1: head and tail cue sets, 2: shape pass,
+    /// 3: substance pass).
     #[doc(hidden)]
     pub fn bench_stage(&self, stage: u8, text: &str) -> usize {
         let window = prefix(text, self.scan_bytes).as_bytes();
@@ -451,7 +472,8 @@ impl Detector {
                 let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
                 hs.matches(head).iter().count() + ts.matches(tail).iter().count()
             }),
-            _ => Shape::of(window).list_lines as usize,
+            2 => Shape::of(window).list_lines as usize,
+            _ => Substance::of(&window[..window.len().min(HEAD_BYTES)]).substantive as usize,
         }
     }
 
@@ -583,6 +605,12 @@ impl Detector {
             _ => Verdict::default(),
         }
     }
+}
+
+/// The model inputs of a window: cues, shape (whole window), substance (head).
+fn build_features(cues: &Cues, window: &[u8]) -> Features {
+    let head = &window[..window.len().min(HEAD_BYTES)];
+    Features::build(cues, &Shape::of(window), &Substance::of(head))
 }
 
 /// A probability in thousandths.

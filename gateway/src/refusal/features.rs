@@ -13,7 +13,11 @@
 use regex::bytes::SetMatches;
 
 /// Bytes at the start of the window searched for head cues.
-pub(crate) const HEAD_BYTES: usize = 512;
+pub(crate) const HEAD_BYTES: usize = 384;
+/// Bytes at the start of the window whose lines the shape pass looks at
+/// (lists, labelled lines, paragraphs); length, code fences and question
+/// marks count over the whole window.
+pub(crate) const SHAPE_LINE_BYTES: usize = 2048;
 /// Bytes at the end of the window searched for the tail cues.
 pub(crate) const TAIL_BYTES: usize = 320;
 
@@ -120,6 +124,13 @@ pub(crate) const CUES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The user is asked what they mean ("I don't understand the question.
+/// Could you clarify ...?"): a clarification, not a refusal. Not a model
+/// input: the detector looks for it in the head only when the model says
+/// "full refusal", and then reports a hedge (`partial`) unless an opening
+/// hard rule matched.
+pub(crate) const CLARIFY: &str = r"(?i-u)\b(?:could|can|would)\s+you\s+(?:please\s+)?(?:clarify|rephrase|elaborate|explain\s+what\s+you\s+mean|provide\s+more\s+(?:context|details|information))|\b(?:i\s+(?:don<A>?t|do\s+not)\s+understand|not\s+sure\s+what\s+you\s+mean|what\s+do\s+you\s+mean)\b";
+
 /// Cue indices (positions in [`CUES`]).
 pub(crate) mod cue {
     pub const INABILITY: usize = 0;
@@ -217,10 +228,18 @@ pub const FEATURE_NAMES: &[&str] = &[
     "offer_other_x_short",
     "apology_open_x_short",
     "short_without_cue",
+    // Substance (head): do sentences about the topic follow, or is it all
+    // about the model, the user and what is right?
+    "no_substance",
+    "little_substance",
+    "substance_ge_3",
+    "substance_ratio_low",
+    "meta_dense",
+    "meta_very_dense",
 ];
 
 /// Number of model inputs.
-pub const N_FEATURES: usize = 48;
+pub const N_FEATURES: usize = 54;
 const _: () = assert!(FEATURE_NAMES.len() == N_FEATURES);
 
 /// Index of a feature by name (compile-time helper for the detector).
@@ -286,6 +305,9 @@ impl Shape {
             code: memchr::memmem::find(w, b"```").is_some(),
             ..Shape::default()
         };
+        // Lines (lists, labels, paragraphs) in the first SHAPE_LINE_BYTES.
+        let full = w;
+        let w = &w[..w.len().min(SHAPE_LINE_BYTES)];
         let mut line_start = 0;
         loop {
             let mut j = line_start;
@@ -309,7 +331,7 @@ impl Shape {
                 None => break,
             }
         }
-        s.ends_with_question = w
+        s.ends_with_question = full
             .iter()
             .rev()
             .find(|b| !b.is_ascii_whitespace())
@@ -347,12 +369,271 @@ fn is_label(l: &[u8]) -> bool {
     false
 }
 
+/// What the sentences of the head are about, from one pass over its bytes.
+///
+/// A sentence (text between `.`, `!`, `?` and line ends) of at least four
+/// words is *substantive* when it names neither the model nor the user
+/// ([`word_class`]: "I", "we", "you", "AI", ...) and uses no word of the
+/// meta lexicon (apology, policy, safety, ethics, redirect, "request",
+/// "information", ...). A refusal, a redirect or a lecture has few or none;
+/// an answer, even one that opens with a disclaimer, has some. The lexicon
+/// is about how a response talks about the exchange, not about any topic,
+/// so it carries over to sources it was not fitted on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Substance {
+    /// Sentences of at least four words.
+    pub sentences: u32,
+    /// Of those, sentences about the topic (see above).
+    pub substantive: u32,
+    pub words: u32,
+    /// Words of the meta lexicon.
+    pub meta: u32,
+}
+
+/// A word's class for [`Substance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WordClass {
+    /// The model or the user: "I", "my", "we", "you", "AI", "assistant".
+    Person,
+    /// Talk about the exchange rather than the topic.
+    Meta,
+    Other,
+}
+
+/// Classifies a lower-case ASCII word (apostrophes normalised to `'`).
+pub(crate) fn word_class(w: &[u8]) -> WordClass {
+    match w {
+        b"i" | b"i'm" | b"i've" | b"i'd" | b"i'll" | b"me" | b"my" | b"we" | b"we're" | b"our"
+        | b"us" | b"myself" | b"ai" | b"assistant" | b"you" | b"your" | b"you're" | b"yourself"
+        | b"you've" | b"you'll" => WordClass::Person,
+        b"important" | b"crucial" | b"essential" | b"imperative" | b"remember" | b"respect"
+        | b"respectful" | b"ethical" | b"ethics" | b"unethical" | b"harmful" | b"harm"
+        | b"safety" | b"safe" | b"well-being" | b"wellbeing" | b"illegal" | b"legal"
+        | b"guidelines" | b"appropriate" | b"inappropriate" | b"professional"
+        | b"professionals" | b"support" | b"help" | b"seek" | b"seeking" | b"counselor"
+        | b"therapist" | b"sorry" | b"apologize" | b"unfortunately" | b"policy" | b"policies"
+        | b"consult" | b"encourage" | b"recommend" | b"suggest" | b"advice" | b"concerns"
+        | b"concern" | b"understand" | b"feelings" | b"alone" | b"offensive"
+        | b"discrimination" | b"discriminatory" | b"dangerous" | b"consequences" | b"request"
+        | b"assist" | b"provide" | b"information" | b"content" | b"topic" => WordClass::Meta,
+        _ => WordClass::Other,
+    }
+}
+
+/// Byte classes for [`Substance::of`].
+const B_OTHER: u8 = 0;
+const B_LETTER: u8 = 1;
+/// `'` and `-`: part of a word.
+const B_JOIN: u8 = 2;
+/// `.`, `!`, `?`, line end: ends a sentence.
+const B_END: u8 = 3;
+/// 0xE2: maybe the start of `’`.
+const B_E2: u8 = 4;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [B_OTHER; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_alphabetic() {
+            B_LETTER
+        } else if b == b'\'' || b == b'-' {
+            B_JOIN
+        } else if matches!(b, b'.' | b'!' | b'?' | b'\n') {
+            B_END
+        } else if b == 0xE2 {
+            B_E2
+        } else {
+            B_OTHER
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The words [`word_class`] knows, for the prefilter below (a unit test
+/// checks the two agree).
+const LEXICON: &[&[u8]] = &[
+    b"i",
+    b"i'm",
+    b"i've",
+    b"i'd",
+    b"i'll",
+    b"me",
+    b"my",
+    b"we",
+    b"we're",
+    b"our",
+    b"us",
+    b"myself",
+    b"ai",
+    b"assistant",
+    b"you",
+    b"your",
+    b"you're",
+    b"yourself",
+    b"you've",
+    b"you'll",
+    b"important",
+    b"crucial",
+    b"essential",
+    b"imperative",
+    b"remember",
+    b"respect",
+    b"respectful",
+    b"ethical",
+    b"ethics",
+    b"unethical",
+    b"harmful",
+    b"harm",
+    b"safety",
+    b"safe",
+    b"well-being",
+    b"wellbeing",
+    b"illegal",
+    b"legal",
+    b"guidelines",
+    b"appropriate",
+    b"inappropriate",
+    b"professional",
+    b"professionals",
+    b"support",
+    b"help",
+    b"seek",
+    b"seeking",
+    b"counselor",
+    b"therapist",
+    b"sorry",
+    b"apologize",
+    b"unfortunately",
+    b"policy",
+    b"policies",
+    b"consult",
+    b"encourage",
+    b"recommend",
+    b"suggest",
+    b"advice",
+    b"concerns",
+    b"concern",
+    b"understand",
+    b"feelings",
+    b"alone",
+    b"offensive",
+    b"discrimination",
+    b"discriminatory",
+    b"dangerous",
+    b"consequences",
+    b"request",
+    b"assist",
+    b"provide",
+    b"information",
+    b"content",
+    b"topic",
+];
+
+/// Bit `len` of entry `first letter - 'a'` is set when a lexicon word has
+/// that first letter and length: most words are rejected without a lookup.
+const PREFILTER: [u32; 26] = {
+    let mut t = [0u32; 26];
+    let mut k = 0;
+    while k < LEXICON.len() {
+        let w = LEXICON[k];
+        t[(w[0] - b'a') as usize] |= 1 << w.len();
+        k += 1;
+    }
+    t
+};
+
+/// [`word_class`] behind the prefilter; `w` is 1 to 16 bytes.
+fn class_of(w: &[u8]) -> WordClass {
+    let first = w[0];
+    if !first.is_ascii_lowercase() || PREFILTER[(first - b'a') as usize] & (1 << w.len()) == 0 {
+        return WordClass::Other;
+    }
+    word_class(w)
+}
+
+impl Substance {
+    /// One pass over `head`: words are runs of ASCII letters, `'`, `’` and
+    /// `-`, sentences end at `.`, `!`, `?` or a line end.
+    pub(crate) fn of(head: &[u8]) -> Substance {
+        let mut s = Substance::default();
+        let mut buf = [0u8; 16];
+        // Current sentence: words, names a person, uses a meta word.
+        let (mut sw, mut person, mut meta) = (0u32, false, false);
+        let n = head.len();
+        let mut i = 0;
+        loop {
+            // Between words: skip to the next word byte, closing sentences.
+            while i < n {
+                match BYTE_CLASS[head[i] as usize] {
+                    B_LETTER | B_JOIN => break,
+                    B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
+                        break;
+                    }
+                    B_END => {
+                        if sw >= 4 {
+                            s.sentences += 1;
+                            s.substantive += u32::from(!person && !meta);
+                        }
+                        (sw, person, meta) = (0, false, false);
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            if i >= n {
+                break;
+            }
+            // A word: lower-cased into `buf` (its first 16 bytes).
+            let mut len = 0usize;
+            while i < n {
+                let b = head[i];
+                let c = match BYTE_CLASS[b as usize] {
+                    B_LETTER => b | 0x20,
+                    B_JOIN => b,
+                    B_E2 if head.get(i + 1) == Some(&0x80) && head.get(i + 2) == Some(&0x99) => {
+                        i += 2;
+                        b'\''
+                    }
+                    _ => break,
+                };
+                buf[len & 15] = c;
+                len += 1;
+                i += 1;
+            }
+            s.words += 1;
+            sw += 1;
+            if len <= buf.len() {
+                match class_of(&buf[..len]) {
+                    WordClass::Person => person = true,
+                    WordClass::Meta => {
+                        meta = true;
+                        s.meta += 1;
+                    }
+                    WordClass::Other => {}
+                }
+            }
+        }
+        if sw >= 4 {
+            s.sentences += 1;
+            s.substantive += u32::from(!person && !meta);
+        }
+        s
+    }
+
+    /// Meta words per word.
+    pub(crate) fn meta_density(&self) -> f64 {
+        f64::from(self.meta) / f64::from(self.words.max(1))
+    }
+}
+
 /// The model inputs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Features(pub [f64; N_FEATURES]);
 
 impl Features {
-    pub(crate) fn build(c: &Cues, s: &Shape) -> Features {
+    pub(crate) fn build(c: &Cues, s: &Shape, sub: &Substance) -> Features {
         use cue::*;
         let h = |i: usize| c.head & (1 << i) != 0;
         let t = |i: usize| c.tail & (1 << i) != 0;
@@ -418,6 +699,12 @@ impl Features {
             (h(OFFER_OTHER) || t(OFFER_OTHER)) && short,
             o(opening::APOLOGY) && len < 400,
             !any_cue && len < 400,
+            sub.substantive == 0,
+            (1..=2).contains(&sub.substantive),
+            sub.substantive >= 3,
+            sub.sentences > 0 && f64::from(sub.substantive) / f64::from(sub.sentences) < 0.34,
+            sub.meta_density() >= 0.05,
+            sub.meta_density() >= 0.10,
         ];
         let mut x = [0.0; N_FEATURES];
         for (xi, fi) in x.iter_mut().zip(f) {
@@ -430,6 +717,38 @@ impl Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substance_counts_sentences_about_the_topic() {
+        // A deflection: every sentence is about the user, the model or what
+        // is right.
+        let d = Substance::of(
+            "I\u{2019}m sorry you feel this way. It is important to seek professional support. You are not alone in this.".as_bytes(),
+        );
+        assert_eq!((d.sentences, d.substantive), (3, 0), "{d:?}");
+        assert!(d.meta_density() >= 0.10, "{d:?}");
+        // A disclaimer, then an answer.
+        let a = Substance::of(
+            b"As an AI, I have no opinions. The treaty was signed in 1850 by both states. Trade grew fast after it. Ok.",
+        );
+        assert_eq!((a.sentences, a.substantive), (3, 2), "{a:?}");
+        assert_eq!(a.meta, 0);
+        // Curly apostrophes are normalised; long words are not looked up.
+        assert_eq!(word_class(b"you're"), WordClass::Person);
+        assert_eq!(word_class(b"guidelines"), WordClass::Meta);
+        assert_eq!(word_class(b"treaty"), WordClass::Other);
+        for w in LEXICON {
+            assert_ne!(
+                class_of(w),
+                WordClass::Other,
+                "{}",
+                String::from_utf8_lossy(w)
+            );
+        }
+        assert_eq!(class_of(b"the"), WordClass::Other);
+        let long = Substance::of(b"supercalifragilisticexpialidocious help");
+        assert_eq!((long.words, long.meta), (2, 1));
+    }
 
     #[test]
     fn shape_counts_lists_code_labels_and_questions() {

@@ -16,7 +16,7 @@
 //!    whether the rest of the response answers. [`Features`] describe both:
 //!    - the opening rules below (hard / soft, AI self-reference opening),
 //!      and how the response opens (apology, "I understand", "Sure");
-//!    - cues in the first 512 bytes (`features.rs`): an inability to do the
+//!    - cues in the first 384 bytes (`features.rs`): an inability to do the
 //!      task versus about the model itself ("I can't browse"), rules or
 //!      guidelines as the reason, a redirect to a professional, "instead",
 //!      the closing offer ("any other questions"), an answer announced
@@ -25,7 +25,13 @@
 //!      rejected, the user questioned back, concern; and a few cues in the
 //!      last 320 bytes (how a refusal ends);
 //!    - the shape of the window: length, list items, code, labelled lines
-//!      ("Title:"), paragraphs, questions;
+//!      ("Title:"), paragraphs (lines in the first 2 KB), questions;
+//!    - substance of the first 384 bytes: how many sentences are about the
+//!      topic rather than about the model, the user or what is right (no
+//!      "I/you/AI", no word of a small meta lexicon: safety, ethics,
+//!      policy, apology, redirect, "request", "information"), and how dense
+//!      that meta lexicon is. A deflection or lecture has none; an answer
+//!      after a disclaimer has some;
 //!    - cue × shape: a refusal cue followed by a long text, a list, an
 //!      answer cue or a persona; a redirect or closing offer in a short text.
 //!
@@ -38,11 +44,14 @@
 //!    `refusal: false`). The reason reported is the cue with the largest
 //!    contribution: the opening rule's own id (`cannot_assist`, ...) or
 //!    the cue's name (`redirect`, `offer_other`, `premise_reject`, ...), or
-//!    `model` when only the shape decided.
+//!    `model` when only the shape decided. A request for clarification
+//!    ("Could you clarify ...?") without a hard opening rule is at most
+//!    partial.
 //!
 //! Cost: three regex-set searches (anchored opening rules over the window,
-//! cues over 512 + 320 bytes) and a `memchr` pass: p99 about 4.6 µs per
-//! 4 KB response (`benches/refusal.rs`).
+//! cues over 384 + 320 bytes), a `memchr` line pass and a word pass over
+//! the head: p50 about 4.2-4.5 µs, p99 about 6 µs per 4 KB response on the
+//! shared, loaded 2-core machine (`benches/refusal.rs`, docs/benchmarks.md).
 //!
 //! Rules are sentence-bounded rather than length-bounded: the gaps they allow
 //! stop at `.`, `!`, `?` and newlines, and the clause before a cue also stops
