@@ -424,7 +424,10 @@ impl Running {
     /// tokens from private to cached.
     pub fn cache_blocks(&mut self, hashes: &[u64]) {
         let e = &self.engine;
-        if !e.caching || hashes.len() <= self.shared.len() || hashes[..self.shared.len()] != self.shared[..] {
+        if !e.caching
+            || hashes.len() <= self.shared.len()
+            || hashes[..self.shared.len()] != self.shared[..]
+        {
             return;
         }
         let bs = e.block_size;

@@ -246,7 +246,14 @@ mod tests {
 
     #[test]
     fn text_tokens_are_prefix_stable_and_counted_like_the_estimate() {
-        for s in ["", "a", "abcd", "abcde", "héllo wörld!", "the quick brown fox"] {
+        for s in [
+            "",
+            "a",
+            "abcd",
+            "abcde",
+            "héllo wörld!",
+            "the quick brown fox",
+        ] {
             let mut v = Vec::new();
             push_text(&mut v, s);
             assert_eq!(v.len() as u32, text::estimate_tokens(s), "{s:?}");

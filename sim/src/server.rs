@@ -700,7 +700,9 @@ async fn generate(
                 Ok(v) => {
                     prompt_ids = match p {
                         serde_json::Value::String(s) => Some(crate::prefix::completion_tokens(s)),
-                        serde_json::Value::Array(ids) if ids.iter().all(serde_json::Value::is_u64) => {
+                        serde_json::Value::Array(ids)
+                            if ids.iter().all(serde_json::Value::is_u64) =>
+                        {
                             Some(ids.iter().filter_map(serde_json::Value::as_u64).collect())
                         }
                         _ => None,

@@ -240,7 +240,7 @@ async fn metrics_names_types_labels_buckets() {
         Some(6.0)
     );
     assert!(page.contains(
-        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"False\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"4096\",engine=\"0\"} 1.0\n"
+        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"4096\",engine=\"0\"} 1.0\n"
     ));
     assert_eq!(
         metric(

@@ -53,7 +53,11 @@ struct Cli {
     max_model_len: u32,
     /// Prefill compute in uncached prompt tokens per second, shared FCFS by the engine's
     /// requests and added to --ttft-ms (0 = prefill time is --ttft-ms only).
-    #[arg(long, env = "VLLM_SIM_PREFILL_TOKENS_PER_SECOND", default_value_t = 0.0)]
+    #[arg(
+        long,
+        env = "VLLM_SIM_PREFILL_TOKENS_PER_SECOND",
+        default_value_t = 0.0
+    )]
     prefill_tokens_per_second: f64,
     /// Speed of this replica: decode and prefill rates x F, --ttft-ms / F (0.5 = half as fast).
     #[arg(long, env = "VLLM_SIM_SPEED_FACTOR", default_value_t = 1.0)]
