@@ -535,4 +535,61 @@ mod tests {
         assert!(a.grow(100));
         assert!((e.gauges().kv_usage - 1.0).abs() < 1e-9);
     }
+
+    fn hashes(n: u64, salt: u64) -> Arc<[u64]> {
+        let toks: Vec<u64> = (0..n).map(|i| i ^ salt).collect();
+        crate::prefix::block_hashes(&toks, 16).into()
+    }
+
+    #[tokio::test]
+    async fn prefix_hits_counted_in_tokens_at_most_prompt_minus_one() {
+        let e = engine(8, 10_000);
+        let a = e.admit_prompt(64, hashes(64, 0)).await;
+        assert_eq!(a.hit_tokens(), 0);
+        let mut a = a;
+        a.cache_blocks(&hashes(64, 0));
+        drop(a);
+        // Same 64 tokens: at most 63 may hit, i.e. 3 whole blocks.
+        let b = e.admit_prompt(64, hashes(64, 0)).await;
+        assert_eq!(b.hit_tokens(), 48);
+        // Longer prompt with the same start: all 4 blocks hit.
+        let c = e.admit_prompt(100, hashes(100, 0)).await;
+        assert_eq!(c.hit_tokens(), 64);
+        // Different first block: nothing.
+        let d = e.admit_prompt(64, hashes(64, 1 << 40)).await;
+        assert_eq!(d.hit_tokens(), 0);
+        assert_eq!(e.metrics.prefix_cache(), (64 + 64 + 100 + 64, 48 + 64));
+        // Shared blocks count once in the usage: b and c share 3-4 cached blocks.
+        let used = 64 + (64 - 48) + (100 - 64) + 64;
+        assert!((e.gauges().kv_usage - used as f64 / 10_000.0).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn lru_eviction_keeps_the_cache_within_the_budget() {
+        // 8 blocks of KV; each prompt of 64 tokens caches 4 blocks.
+        let e = engine(8, 128);
+        for salt in 0..3u64 {
+            let mut r = e.admit_prompt(64, hashes(64, salt << 40)).await;
+            r.cache_blocks(&hashes(64, salt << 40));
+        }
+        let (referenced, free, evicted) = e.cache_blocks();
+        assert_eq!((referenced, free, evicted), (0, 8, 4));
+        // The oldest prompt was evicted, the two newer ones still hit (newest first, so
+        // that these lookups evict nothing they check later).
+        for (salt, hit) in [(2u64, 48u64), (1, 48), (0, 0)] {
+            let r = e.admit_prompt(64, hashes(64, salt << 40)).await;
+            assert_eq!(r.hit_tokens(), hit, "prompt {salt}");
+        }
+        assert_eq!(e.gauges().running, 0);
+    }
+
+    #[tokio::test]
+    async fn prefill_lane_is_fcfs() {
+        let e = engine(8, 1000);
+        let t0 = Instant::now();
+        let a = e.prefill_lane(Duration::from_millis(100));
+        let b = e.prefill_lane(Duration::from_millis(50));
+        assert!(a >= t0 + Duration::from_millis(100));
+        assert_eq!(b.duration_since(a), Duration::from_millis(50));
+    }
 }
