@@ -61,7 +61,7 @@ SESSIONS = {
     "answer_tokens": "100-300",
     "think_ms": "500-1500",
 }
-SKEW_BACKGROUND = {"concurrency": 44, "output_tokens": 1200}
+SKEW_BACKGROUND = {"concurrency": 44, "output_tokens": 600}
 
 GOAL_TTFT_DROP = 0.30
 GOAL_HIT_RATIO = 2.0
@@ -191,7 +191,7 @@ def window(ctx, bindir, case, policy, rnd, secs, drain):
             time.sleep(3)
         gw_port, err = start_gateway(ctx, bindir, sim_ports, policy, tag)
         if gw_port is None:
-            row["error"] = f"gateway did not start (policy not available?): {err[-400:]}"
+            row["error"] = "gateway did not start (policy not available?): " + " ".join(err.split())[-300:]
             return row
         s = SESSIONS
         argv = [os.path.join(bindir, "loadgen"), "sessions", "--target", f"http://127.0.0.1:{gw_port}",
