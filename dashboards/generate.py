@@ -1137,6 +1137,59 @@ def gateway() -> Board:
         8,
     )
 
+    b.add(
+        704,
+        timeseries(
+            "Endpoint picks by routing reason",
+            [
+                prom(
+                    f"sum by (upstream, reason) (rate(llm_gateway_endpoint_picks_total[{RI}]))",
+                    "{{upstream}} {{reason}}",
+                )
+            ],
+            "ops",
+            "Why each pool chose its endpoints (the event's routing_reason): affinity_fallback "
+            "means a prefix-affinity endpoint was at its load bound; retry, a connect error or 502/503.",
+            stack=True,
+        ),
+        8,
+        8,
+    )
+    b.add(
+        705,
+        timeseries(
+            "Endpoint queue (scraped vLLM waiting)",
+            [
+                prom(
+                    "max by (upstream, endpoint) (llm_gateway_endpoint_queue_waiting)",
+                    "{{upstream}} {{endpoint}}",
+                )
+            ],
+            "short",
+            "vllm:num_requests_waiting of each endpoint as the gateway last scraped it "
+            "(pools with a metrics scrape only; gaps while the scrape fails).",
+        ),
+        8,
+        8,
+    )
+    b.add(
+        706,
+        timeseries(
+            "Endpoint KV-cache usage (scraped)",
+            [
+                prom(
+                    "max by (upstream, endpoint) (llm_gateway_endpoint_kv_cache_usage_ratio)",
+                    "{{upstream}} {{endpoint}}",
+                )
+            ],
+            "percentunit",
+            "vllm:kv_cache_usage_perc of each endpoint as the gateway last scraped it.",
+            max_=1,
+        ),
+        8,
+        8,
+    )
+
     b.row(800, "Log shipper health")
     b.add(
         801,

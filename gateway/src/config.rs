@@ -281,6 +281,16 @@ pub struct RawRouting {
     /// error or a 502/503, while nothing has been sent to the client.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Scrape interval of the endpoints' `/metrics` for every pool that does
+    /// not set its own (0 = no scrape). Unset: 1000 ms for `load-aware` and
+    /// `prefix-affinity` pools, no scrape for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_scrape_interval_ms: Option<u64>,
+    /// Bounded load of `prefix-affinity` pools (unless a pool sets its own):
+    /// an endpoint takes a request only while its in-flight count is below
+    /// `ceil(factor × (pool in-flight + 1) / endpoints)`. Unset: 1.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_max_load_factor: Option<f64>,
 }
 
 fn default_long_context_min_prompt_bytes() -> usize {
@@ -297,6 +307,8 @@ impl Default for RawRouting {
             long_context_pool: None,
             long_context_min_prompt_bytes: default_long_context_min_prompt_bytes(),
             retries: default_retries(),
+            metrics_scrape_interval_ms: None,
+            affinity_max_load_factor: None,
         }
     }
 }
@@ -355,7 +367,46 @@ pub struct RawPool {
     /// Environment variable holding that API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// How a request picks its endpoint (default `least-in-flight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingPolicy>,
+    /// Overrides `routing.metrics_scrape_interval_ms` for this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_scrape_interval_ms: Option<u64>,
+    /// Overrides `routing.affinity_max_load_factor` for this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_max_load_factor: Option<f64>,
 }
+
+/// `[pools.NAME] routing`: how a pool picks one of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// In turn, among the healthy endpoints.
+    RoundRobin,
+    /// Fewest requests in flight from this gateway.
+    #[default]
+    LeastInFlight,
+    /// Lowest score of in-flight count, scraped queue and KV-cache usage.
+    LoadAware,
+    /// Same conversation prefix (or session) to the same endpoint, with bounded load.
+    PrefixAffinity,
+}
+
+impl RoutingPolicy {
+    /// Whether the policy reads the scraped endpoint metrics.
+    pub fn uses_scrape(self) -> bool {
+        matches!(
+            self,
+            RoutingPolicy::LoadAware | RoutingPolicy::PrefixAffinity
+        )
+    }
+}
+
+/// Default of `metrics_scrape_interval_ms` for pools whose policy reads the scrape.
+pub const DEFAULT_SCRAPE_INTERVAL_MS: u64 = 1000;
+/// Default of `affinity_max_load_factor`.
+pub const DEFAULT_AFFINITY_MAX_LOAD_FACTOR: f64 = 1.25;
 
 /// `[models.NAME]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -433,6 +484,9 @@ impl RawConfig {
                     endpoints: Vec::new(),
                     api_key_file: None,
                     api_key_env: None,
+                    routing: None,
+                    metrics_scrape_interval_ms: None,
+                    affinity_max_load_factor: None,
                 });
             pool.endpoints = o.upstreams.clone();
             if o.upstream_api_key_file.is_some() {
@@ -477,6 +531,11 @@ pub struct PoolConfig {
     pub endpoints: Vec<EndpointConfig>,
     /// Key sent upstream as bearer token (never logged).
     pub api_key: Option<String>,
+    pub routing: RoutingPolicy,
+    /// Interval of the `/metrics` scrape of each endpoint (`None`: no scrape).
+    pub scrape_interval: Option<Duration>,
+    /// Bounded-load factor of `prefix-affinity` (>= 1).
+    pub affinity_max_load_factor: f64,
 }
 
 /// Price of a model, USD per million tokens.
@@ -631,11 +690,37 @@ impl RawConfig {
                 .iter()
                 .map(|u| parse_endpoint(u))
                 .collect::<Result<Vec<_>, _>>()?;
+            let routing = raw.routing.unwrap_or_default();
+            let scrape_ms = raw
+                .metrics_scrape_interval_ms
+                .or(self.routing.metrics_scrape_interval_ms)
+                .unwrap_or(if routing.uses_scrape() {
+                    DEFAULT_SCRAPE_INTERVAL_MS
+                } else {
+                    0
+                });
+            if scrape_ms != 0 && scrape_ms < 50 {
+                return Err(invalid(format!(
+                    "pool {name}: metrics_scrape_interval_ms must be 0 (off) or at least 50"
+                )));
+            }
+            let factor = raw
+                .affinity_max_load_factor
+                .or(self.routing.affinity_max_load_factor)
+                .unwrap_or(DEFAULT_AFFINITY_MAX_LOAD_FACTOR);
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(invalid(format!(
+                    "pool {name}: affinity_max_load_factor must be a number >= 1.0 (got {factor})"
+                )));
+            }
             pool_index.insert(name.clone(), pools.len());
             pools.push(PoolConfig {
                 name: name.clone(),
                 endpoints,
                 api_key: read_api_key(name, raw)?,
+                routing,
+                scrape_interval: (scrape_ms > 0).then(|| Duration::from_millis(scrape_ms)),
+                affinity_max_load_factor: factor,
             });
         }
         if pools.is_empty() {
@@ -878,6 +963,64 @@ max_concurrent_requests = 3
             "0.0000237"
         );
         assert_eq!(cfg.tenants[0].max_concurrent_requests, Some(3));
+    }
+
+    #[test]
+    fn routing_policies_and_their_scrape_defaults() {
+        let text = r#"
+[routing]
+default_pool = "plain"
+affinity_max_load_factor = 1.5
+[pools.plain]
+endpoints = ["http://h:1"]
+[pools.aware]
+routing = "load-aware"
+endpoints = ["http://h:2"]
+[pools.sticky]
+routing = "prefix-affinity"
+metrics_scrape_interval_ms = 0
+affinity_max_load_factor = 2.0
+endpoints = ["http://h:3"]
+[pools.rr]
+routing = "round-robin"
+metrics_scrape_interval_ms = 250
+endpoints = ["http://h:4"]
+"#;
+        let cfg = RawConfig::parse(text).unwrap().validate().unwrap();
+        let pool = |n: &str| cfg.pools.iter().find(|p| p.name == n).unwrap();
+        assert_eq!(pool("plain").routing, RoutingPolicy::LeastInFlight);
+        assert_eq!(pool("plain").scrape_interval, None, "no scrape unless read");
+        assert_eq!(pool("plain").affinity_max_load_factor, 1.5);
+        assert_eq!(pool("aware").routing, RoutingPolicy::LoadAware);
+        assert_eq!(
+            pool("aware").scrape_interval,
+            Some(Duration::from_millis(1000))
+        );
+        assert_eq!(pool("sticky").scrape_interval, None);
+        assert_eq!(pool("sticky").affinity_max_load_factor, 2.0);
+        assert_eq!(pool("rr").routing, RoutingPolicy::RoundRobin);
+        assert_eq!(pool("rr").scrape_interval, Some(Duration::from_millis(250)));
+        // [routing] sets the scrape for every pool without its own.
+        let all = "[routing]\nmetrics_scrape_interval_ms = 500\n[pools.a]\nendpoints = [\"http://h:1\"]\n";
+        let cfg = RawConfig::parse(all).unwrap().validate().unwrap();
+        assert_eq!(
+            cfg.pools[0].scrape_interval,
+            Some(Duration::from_millis(500))
+        );
+        // The effective config (check-config) round-trips.
+        let again = RawConfig::parse(&RawConfig::parse(text).unwrap().to_toml()).unwrap();
+        assert_eq!(
+            again.pools["sticky"].routing,
+            Some(RoutingPolicy::PrefixAffinity)
+        );
+        for bad in [
+            "[pools.a]\nendpoints = [\"http://h:1\"]\naffinity_max_load_factor = 0.9\n",
+            "[pools.a]\nendpoints = [\"http://h:1\"]\naffinity_max_load_factor = nan\n",
+            "[pools.a]\nendpoints = [\"http://h:1\"]\nmetrics_scrape_interval_ms = 1\n",
+        ] {
+            assert!(RawConfig::parse(bad).unwrap().validate().is_err(), "{bad}");
+        }
+        assert!(RawConfig::parse("[pools.a]\nendpoints = []\nrouting = \"fastest\"\n").is_err());
     }
 
     #[test]

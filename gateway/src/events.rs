@@ -58,6 +58,8 @@ pub struct Event {
     pub cost_usd: Option<f64>,
     pub error_type: Option<&'static str>,
     pub endpoint: Option<String>,
+    /// Why the pool chose `endpoint` (one of [`crate::routing::reason::ALL`]).
+    pub routing_reason: Option<&'static str>,
     pub schema_version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal_excerpt: Option<String>,
@@ -594,6 +596,7 @@ pub struct EventGuard {
     pub tenant: Label,
     pub upstream: Option<Label>,
     pub endpoint: Option<Label>,
+    pub routing_reason: Option<&'static str>,
     pub stream: bool,
     pub status: u16,
     pub finish_reason: Option<String>,
@@ -627,6 +630,7 @@ impl EventGuard {
             tenant,
             upstream: None,
             endpoint: None,
+            routing_reason: None,
             stream: false,
             status: 499,
             finish_reason: Some("client_disconnect".to_owned()),
@@ -777,6 +781,7 @@ impl EventGuard {
             cost_usd,
             error_type: self.error_type,
             endpoint: self.endpoint.as_ref().map(|u| u.as_str().to_owned()),
+            routing_reason: self.routing_reason,
             schema_version: SCHEMA_VERSION,
             refusal_excerpt,
             usage_source: self.usage_source,

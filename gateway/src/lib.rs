@@ -9,6 +9,8 @@
 //! answer) · [`upstream`] (client, pools, health checks) · [`relay`] (SSE
 //! framing and accumulation) · [`auth`] (API keys → tenants) · [`error`]
 //! (OpenAI error shape) · [`events`] (the event writer) · [`metrics`] ·
+//! [`routing`] (routing reasons, prefix-affinity keys) · [`scrape`] (endpoint
+//! load from the upstreams' `/metrics`) ·
 //! `refusal` (refusal detection).
 
 pub mod api;
@@ -22,5 +24,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod relay;
 pub mod routes;
+pub mod routing;
+pub mod scrape;
 pub mod server;
 pub mod upstream;

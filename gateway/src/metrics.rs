@@ -87,6 +87,14 @@ struct UpstreamEndpoint {
     endpoint: Label,
 }
 
+/// Endpoint picks by routing reason (one of [`crate::routing::reason::ALL`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PickLabels {
+    upstream: Label,
+    endpoint: Label,
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -164,6 +172,10 @@ pub struct Metrics {
     in_flight: Family<ModelOnly, Gauge>,
     upstream_errors: Family<UpstreamKind, Counter>,
     upstream_up: Family<UpstreamEndpoint, Gauge>,
+    endpoint_picks: Family<PickLabels, Counter>,
+    endpoint_waiting: Family<UpstreamEndpoint, Gauge<f64, AtomicU64>>,
+    endpoint_kv_usage: Family<UpstreamEndpoint, Gauge<f64, AtomicU64>>,
+    endpoint_scrape_errors: Family<UpstreamEndpoint, Counter>,
     events_written: Counter,
     events_dropped: Counter,
     open_connections: Gauge,
@@ -196,6 +208,10 @@ impl Metrics {
         let in_flight = Family::<ModelOnly, Gauge>::default();
         let upstream_errors = Family::<UpstreamKind, Counter>::default();
         let upstream_up = Family::<UpstreamEndpoint, Gauge>::default();
+        let endpoint_picks = Family::<PickLabels, Counter>::default();
+        let endpoint_waiting = Family::<UpstreamEndpoint, Gauge<f64, AtomicU64>>::default();
+        let endpoint_kv_usage = Family::<UpstreamEndpoint, Gauge<f64, AtomicU64>>::default();
+        let endpoint_scrape_errors = Family::<UpstreamEndpoint, Counter>::default();
         let events_written = Counter::default();
         let events_dropped = Counter::default();
         let open_connections = Gauge::default();
@@ -254,6 +270,26 @@ impl Metrics {
             upstream_up.clone(),
         );
         registry.register(
+            "llm_gateway_endpoint_picks",
+            "Endpoint choices of the pools, by routing reason (round_robin, least_in_flight, load, affinity, affinity_fallback, retry, only_endpoint)",
+            endpoint_picks.clone(),
+        );
+        registry.register(
+            "llm_gateway_endpoint_queue_waiting",
+            "Requests waiting in the endpoint's engine queue (vllm:num_requests_waiting, summed), as of the last good scrape; absent while scrapes fail",
+            endpoint_waiting.clone(),
+        );
+        registry.register(
+            "llm_gateway_endpoint_kv_cache_usage_ratio",
+            "KV-cache usage 0-1 of the endpoint (vllm:kv_cache_usage_perc, or vllm:gpu_cache_usage_perc), as of the last good scrape; absent while scrapes fail",
+            endpoint_kv_usage.clone(),
+        );
+        registry.register(
+            "llm_gateway_endpoint_scrape_errors",
+            "Failed scrapes of an endpoint's /metrics (connect, status, timeout, too large, no vLLM series)",
+            endpoint_scrape_errors.clone(),
+        );
+        registry.register(
             "llm_gateway_events_written",
             "Event lines written",
             events_written.clone(),
@@ -295,6 +331,10 @@ impl Metrics {
             in_flight,
             upstream_errors,
             upstream_up,
+            endpoint_picks,
+            endpoint_waiting,
+            endpoint_kv_usage,
+            endpoint_scrape_errors,
             events_written,
             events_dropped,
             open_connections,
@@ -376,6 +416,50 @@ impl Metrics {
                 endpoint: endpoint.clone(),
             })
             .set(i64::from(up));
+    }
+
+    /// A pool chose `endpoint` for `reason` (a [`crate::routing::reason`] constant).
+    pub fn endpoint_pick(&self, upstream: &Label, endpoint: &Label, reason: &'static str) {
+        self.endpoint_picks
+            .get_or_create(&PickLabels {
+                upstream: upstream.clone(),
+                endpoint: endpoint.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The scraped load of an endpoint (`None`: the scrape failed; the series are removed).
+    pub fn set_endpoint_load(
+        &self,
+        upstream: &Label,
+        endpoint: &Label,
+        load: Option<crate::scrape::Load>,
+    ) {
+        let l = UpstreamEndpoint {
+            upstream: upstream.clone(),
+            endpoint: endpoint.clone(),
+        };
+        match load {
+            Some(load) => {
+                self.endpoint_waiting.get_or_create(&l).set(load.waiting);
+                self.endpoint_kv_usage.get_or_create(&l).set(load.kv_usage);
+            }
+            None => {
+                self.endpoint_waiting.remove(&l);
+                self.endpoint_kv_usage.remove(&l);
+            }
+        }
+    }
+
+    /// Counts `n` failed scrapes of an endpoint (0 creates the series).
+    pub fn scrape_error(&self, upstream: &Label, endpoint: &Label, n: u64) {
+        self.endpoint_scrape_errors
+            .get_or_create(&UpstreamEndpoint {
+                upstream: upstream.clone(),
+                endpoint: endpoint.clone(),
+            })
+            .inc_by(n);
     }
 
     /// A client connection opened (+1) or closed (-1).
@@ -566,6 +650,17 @@ mod tests {
         m.in_flight_add(&model, 1);
         m.upstream_error(&Arc::new("default".into()), UpstreamErrorKind::Connect);
         m.set_upstream_up(&Arc::new("default".into()), &Arc::new("h:1".into()), true);
+        let (up, ep): (Label, Label) = (Arc::new("default".into()), Arc::new("h:1".into()));
+        m.endpoint_pick(&up, &ep, crate::routing::reason::AFFINITY);
+        m.scrape_error(&up, &ep, 2);
+        m.set_endpoint_load(
+            &up,
+            &ep,
+            Some(crate::scrape::Load {
+                waiting: 3.0,
+                kv_usage: 0.5,
+            }),
+        );
         let text = m.encode();
         for needle in [
             "llm_gateway_requests_total{route=\"/v1/chat/completions\",model=\"m\",tenant=\"anonymous\",status=\"200\",finish_reason=\"stop\"} 1",
@@ -579,6 +674,10 @@ mod tests {
             "llm_gateway_in_flight_requests{model=\"m\"} 1",
             "llm_gateway_upstream_errors_total{upstream=\"default\",kind=\"connect\"} 1",
             "llm_gateway_upstream_up{upstream=\"default\",endpoint=\"h:1\"} 1",
+            "llm_gateway_endpoint_picks_total{upstream=\"default\",endpoint=\"h:1\",reason=\"affinity\"} 1",
+            "llm_gateway_endpoint_scrape_errors_total{upstream=\"default\",endpoint=\"h:1\"} 2",
+            "llm_gateway_endpoint_queue_waiting{upstream=\"default\",endpoint=\"h:1\"} 3.0",
+            "llm_gateway_endpoint_kv_cache_usage_ratio{upstream=\"default\",endpoint=\"h:1\"} 0.5",
             "llm_gateway_build_info{version=\"",
             "llm_gateway_events_dropped_total 0",
             "process_resident_memory_bytes ",

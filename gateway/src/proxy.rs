@@ -172,6 +172,9 @@ struct RequestHead<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(borrow, default)]
     input: Option<&'a RawValue>,
+    /// Read for `prefix-affinity` pools only (see [`crate::routing::affinity_key`]).
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
 }
 
 /// What the gateway learnt from a request body.
@@ -186,6 +189,10 @@ pub struct Parsed {
     pub body: Bytes,
     /// The gateway added usage to the stream: remove the usage chunk.
     pub strip_usage: bool,
+    /// Where the prefix-affinity key is in the body (JSON bodies only).
+    pub key_src: Option<crate::routing::KeySource>,
+    /// The prefix-affinity key, computed once the pool is known to want it.
+    pub affinity_key: Option<u64>,
 }
 
 fn offset_in(body: &[u8], raw: &RawValue) -> usize {
@@ -213,6 +220,19 @@ pub fn parse_request(body: Bytes, api: Api) -> Result<Parsed, GatewayError> {
         _ => None,
     };
     let stream = head.stream.unwrap_or(false);
+    let range = |r: Option<&RawValue>| {
+        r.map(|r| {
+            let at = offset_in(&body, r);
+            at..at + r.get().len()
+        })
+    };
+    let key_src = crate::routing::KeySource {
+        body: body.clone(),
+        user: range(head.user),
+        messages: range(head.messages),
+        prompt: range(head.prompt),
+        input: range(head.input),
+    };
     let prompt_bytes = [head.messages, head.prompt, head.input]
         .iter()
         .flatten()
@@ -273,6 +293,8 @@ pub fn parse_request(body: Bytes, api: Api) -> Result<Parsed, GatewayError> {
         prompt_bytes,
         body: new_body.unwrap_or(body),
         strip_usage,
+        key_src: Some(key_src),
+        affinity_key: None,
     })
 }
 
@@ -627,6 +649,8 @@ async fn serve(
                 prompt_bytes: 0,
                 body: Bytes::new(),
                 strip_usage: false,
+                key_src: None,
+                affinity_key: None,
             };
             (parsed, UpBody::Whole(Bytes::new()))
         } else {
@@ -654,6 +678,8 @@ async fn serve(
             prompt_bytes: 0,
             body: Bytes::new(),
             strip_usage: false,
+            key_src: None,
+            affinity_key: None,
         };
         (parsed, UpBody::Streamed(Some(upload.body), upload.cut))
     };
@@ -671,6 +697,12 @@ async fn serve(
     };
     let pool = state.upstreams.pools[pool_idx].clone();
     guard.upstream = Some(pool.name.clone());
+    let mut parsed = parsed;
+    // Taken either way: it holds the body as received (kept no longer than needed).
+    let key_src = parsed.key_src.take();
+    if pool.routing == crate::config::RoutingPolicy::PrefixAffinity {
+        parsed.affinity_key = crate::routing::affinity_key(&headers, key_src.as_ref());
+    }
     forward(state, target, pool, headers, parsed, up_body, guard).await
 }
 
@@ -791,6 +823,7 @@ enum Attempt {
 
 /// Sends the request, retrying on another endpoint after a connect error or
 /// a 502/503 (nothing has reached the client yet; a streamed upload is sent once).
+#[allow(clippy::too_many_arguments)]
 async fn send_with_retry(
     state: &AppState,
     target: &Target,
@@ -799,6 +832,7 @@ async fn send_with_retry(
     body: &mut UpBody,
     guard: &mut EventGuard,
     deadline: Instant,
+    affinity_key: Option<u64>,
 ) -> Attempt {
     let cfg = &state.cfg;
     let resendable = matches!(body, UpBody::Whole(_));
@@ -810,12 +844,14 @@ async fn send_with_retry(
     let mut tried = Vec::with_capacity(max_attempts);
     let mut last = GatewayError::UpstreamUnreachable("no endpoint available".to_owned());
     while tried.len() < max_attempts {
-        let Some((idx, inflight)) = pool.pick(&tried) else {
+        let Some((idx, inflight, why)) = pool.pick(&tried, affinity_key) else {
             break;
         };
         tried.push(idx);
         let ep = inflight.endpoint().clone();
         guard.endpoint = Some(ep.label.clone());
+        guard.routing_reason = Some(why);
+        state.metrics.endpoint_pick(&pool.name, &ep.label, why);
         let url = match target.url(&ep) {
             Ok(u) => u,
             Err(e) => return Attempt::Failed(e),
@@ -987,7 +1023,14 @@ async fn forward(
     let cfg = state.cfg.clone();
     let deadline = Instant::from_std(guard.started()) + cfg.total_timeout;
     let (mut resp, inflight) = match send_with_retry(
-        &state, &target, &pool, &headers, &mut body, &mut guard, deadline,
+        &state,
+        &target,
+        &pool,
+        &headers,
+        &mut body,
+        &mut guard,
+        deadline,
+        parsed.affinity_key,
     )
     .await
     {

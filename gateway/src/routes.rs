@@ -160,7 +160,7 @@ async fn models(State(s): State<Arc<AppState>>, req: Request<Body>) -> Response 
         async move {
             let mut tried = Vec::new();
             let mut answered = None;
-            while let Some((i, inflight)) = pool.pick(&tried) {
+            while let Some((i, inflight, _)) = pool.pick(&tried, None) {
                 tried.push(i);
                 let ep = inflight.endpoint().clone();
                 match s.upstreams.list_models(&pool, &ep, timeout).await {

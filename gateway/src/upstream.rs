@@ -1,6 +1,7 @@
-//! Upstream pools: the HTTP client, endpoint selection (least in-flight among
-//! healthy endpoints), active health checks, and the set of known model names
-//! (configured plus those the upstreams list) used to bound metric labels.
+//! Upstream pools: the HTTP client, endpoint selection (the pool's routing
+//! policy among healthy endpoints, see [`Pool::pick`]), active health checks,
+//! and the set of known model names (configured plus those the upstreams
+//! list) used to bound metric labels.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -11,8 +12,10 @@ use http::HeaderValue;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, RoutingPolicy};
 use crate::metrics::{Label, Metrics};
+use crate::routing::{self, reason};
+use crate::scrape::{Load, STALE_INTERVALS, Scraped};
 
 /// One endpoint of a pool.
 #[derive(Debug)]
@@ -23,16 +26,46 @@ pub struct Endpoint {
     pub chat_url: reqwest::Url,
     pub completions_url: reqwest::Url,
     pub embeddings_url: reqwest::Url,
+    pub metrics_url: reqwest::Url,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     failures: AtomicU32,
+    /// Last load read from the endpoint's `/metrics`.
+    pub scraped: Scraped,
+    /// Hash of the label, for rendezvous hashing (same on every gateway replica).
+    hrw: u64,
 }
 
 impl Endpoint {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn new(base: &str, label: &str) -> anyhow::Result<Self> {
+        let url = |path: &str| reqwest::Url::parse(&format!("{base}{path}"));
+        Ok(Endpoint {
+            base: base.to_owned(),
+            label: Arc::new(label.to_owned()),
+            chat_url: url("/v1/chat/completions")?,
+            completions_url: url("/v1/completions")?,
+            embeddings_url: url("/v1/embeddings")?,
+            metrics_url: url("/metrics")?,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            scraped: Scraped::default(),
+            hrw: routing::fnv1a(&[label.as_bytes()]),
+        })
+    }
 }
+
+/// Weight of the scraped queue and KV usage in the `load-aware` score:
+/// `in_flight + waiting + KV_WEIGHT × kv_usage` (see [`Pool::pick`]).
+pub const KV_WEIGHT: f64 = 4.0;
 
 /// Counts a request on an endpoint while it lives.
 #[derive(Debug)]
@@ -58,35 +91,119 @@ pub struct Pool {
     /// `Bearer <key>` for the upstream, if configured.
     pub auth: Option<HeaderValue>,
     rr: AtomicUsize,
+    pub routing: RoutingPolicy,
+    /// Interval of the `/metrics` scrape (`None`: no scrape).
+    pub scrape_interval: Option<Duration>,
+    pub affinity_max_load_factor: f64,
 }
 
 impl Pool {
-    /// The endpoint with the fewest requests in flight among the healthy
-    /// ones not yet tried (all endpoints if none is healthy).
-    pub fn pick(&self, tried: &[usize]) -> Option<(usize, InFlight)> {
+    /// Picks an endpoint among those not yet `tried`, healthy ones first
+    /// (all untried endpoints if none is healthy), by the pool's policy:
+    ///
+    /// - `round-robin`: the next one in turn;
+    /// - `least-in-flight`: fewest requests in flight from this gateway
+    ///   (ties: in turn);
+    /// - `load-aware`: lowest `in_flight + waiting + KV_WEIGHT × kv_usage`,
+    ///   `waiting` and `kv_usage` from the endpoint's last scrape. The
+    ///   in-flight count is exact and immediate, the scrape up to an interval
+    ///   old: a request sent since the scrape shows in `in_flight`, and a
+    ///   queued one counts twice (it waits and makes the next one wait). If
+    ///   any candidate has no fresh scrape (younger than
+    ///   [`STALE_INTERVALS`] intervals), scraped values are ignored for all
+    ///   (least in-flight);
+    /// - `prefix-affinity`: the candidates ordered by rendezvous hash of
+    ///   `key`; the first whose in-flight count is below
+    ///   `ceil(factor × (total in-flight of the candidates + 1) / candidates)`
+    ///   (consistent hashing with bounded loads: one always is). No key:
+    ///   least in-flight.
+    ///
+    /// Returns the index, the in-flight token and the routing reason.
+    pub fn pick(
+        &self,
+        tried: &[usize],
+        key: Option<u64>,
+    ) -> Option<(usize, InFlight, &'static str)> {
         let n = self.endpoints.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(usize, usize, bool)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            if tried.contains(&i) {
-                continue;
+        let untried = |i: &usize| !tried.contains(i);
+        let any_healthy = (0..n)
+            .filter(untried)
+            .any(|i| self.endpoints[i].is_healthy());
+        let cands: Vec<usize> = (0..n)
+            .map(|k| (start.wrapping_add(k)) % n)
+            .filter(|i| untried(i) && (!any_healthy || self.endpoints[*i].is_healthy()))
+            .collect();
+        let first = *cands.first()?;
+        let ep = |i: usize| &self.endpoints[i];
+        let least = || {
+            cands
+                .iter()
+                .copied()
+                .min_by_key(|&i| ep(i).in_flight())
+                .unwrap_or(first)
+        };
+        let (i, why) = match self.routing {
+            RoutingPolicy::RoundRobin => (first, reason::ROUND_ROBIN),
+            RoutingPolicy::LeastInFlight => (least(), reason::LEAST_IN_FLIGHT),
+            RoutingPolicy::LoadAware => {
+                let now = tokio::time::Instant::now();
+                let loads: Option<Vec<Load>> = self.scrape_interval.and_then(|d| {
+                    let max_age = d * STALE_INTERVALS;
+                    cands
+                        .iter()
+                        .map(|&i| ep(i).scraped.fresh(now, max_age))
+                        .collect()
+                });
+                match loads {
+                    Some(loads) => {
+                        let score = |k: usize| {
+                            let l = loads[k];
+                            ep(cands[k]).in_flight() as f64 + l.waiting + KV_WEIGHT * l.kv_usage
+                        };
+                        let mut best = 0;
+                        for k in 1..cands.len() {
+                            if score(k) < score(best) {
+                                best = k;
+                            }
+                        }
+                        (cands[best], reason::LOAD)
+                    }
+                    None => (least(), reason::LEAST_IN_FLIGHT),
+                }
             }
-            let e = &self.endpoints[i];
-            let load = e.in_flight.load(Ordering::Relaxed);
-            let healthy = e.is_healthy();
-            let better = match best {
-                None => true,
-                Some((_, bl, bh)) => (healthy && !bh) || (healthy == bh && load < bl),
-            };
-            if better {
-                best = Some((i, load, healthy));
-            }
-        }
-        let (i, _, _) = best?;
+            RoutingPolicy::PrefixAffinity => match key {
+                None => (least(), reason::LEAST_IN_FLIGHT),
+                Some(key) => {
+                    let total: usize = cands.iter().map(|&i| ep(i).in_flight()).sum();
+                    let cap = (self.affinity_max_load_factor * (total + 1) as f64
+                        / cands.len() as f64)
+                        .ceil() as usize;
+                    let mut order = cands.clone();
+                    order.sort_unstable_by_key(|&i| {
+                        std::cmp::Reverse(routing::hrw_weight(key, ep(i).hrw))
+                    });
+                    // The key's home among all endpoints: an unhealthy or
+                    // tried home makes the pick a fallback too.
+                    let home = (0..n).max_by_key(|&i| routing::hrw_weight(key, ep(i).hrw));
+                    match order.iter().copied().find(|&i| ep(i).in_flight() < cap) {
+                        Some(i) if Some(i) == home => (i, reason::AFFINITY),
+                        Some(i) => (i, reason::AFFINITY_FALLBACK),
+                        None => (least(), reason::AFFINITY_FALLBACK),
+                    }
+                }
+            },
+        };
+        let why = if !tried.is_empty() {
+            reason::RETRY
+        } else if n == 1 {
+            reason::ONLY_ENDPOINT
+        } else {
+            why
+        };
         let e = self.endpoints[i].clone();
         e.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((i, InFlight(e)))
+        Some((i, InFlight(e), why))
     }
 
     pub fn any_healthy(&self) -> bool {
@@ -180,17 +297,7 @@ impl Upstreams {
                 .endpoints
                 .iter()
                 .map(|e| -> anyhow::Result<Arc<Endpoint>> {
-                    let url = |path: &str| reqwest::Url::parse(&format!("{}{path}", e.base));
-                    let ep = Endpoint {
-                        base: e.base.clone(),
-                        label: Arc::new(e.label.clone()),
-                        chat_url: url("/v1/chat/completions")?,
-                        completions_url: url("/v1/completions")?,
-                        embeddings_url: url("/v1/embeddings")?,
-                        in_flight: AtomicUsize::new(0),
-                        healthy: AtomicBool::new(true),
-                        failures: AtomicU32::new(0),
-                    };
+                    let ep = Endpoint::new(&e.base, &e.label)?;
                     metrics.set_upstream_up(&name, &ep.label, true);
                     Ok(Arc::new(ep))
                 })
@@ -208,6 +315,9 @@ impl Upstreams {
                 endpoints,
                 auth,
                 rr: AtomicUsize::new(0),
+                routing: p.routing,
+                scrape_interval: p.scrape_interval,
+                affinity_max_load_factor: p.affinity_max_load_factor,
             }));
         }
         let configured = cfg
@@ -268,13 +378,15 @@ impl Upstreams {
         Ok(raw.data)
     }
 
-    /// Starts one health-check task per endpoint; they stop on `stop`.
+    /// Starts one health-check task per endpoint, and the `/metrics` scrape
+    /// tasks ([`crate::scrape::spawn`]); they stop on `stop`.
     pub fn spawn_health_checks(
         self: &Arc<Self>,
         cfg: &Config,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) {
+        crate::scrape::spawn(&self.pools, &self.client, metrics.clone(), stop.clone());
         for pool in &self.pools {
             for ep in &pool.endpoints {
                 let this = self.clone();
@@ -361,35 +473,28 @@ mod tests {
             name: Arc::new("p".into()),
             endpoints: (0..n)
                 .map(|i| {
-                    let u = reqwest::Url::parse(&format!("http://h{i}:1/")).unwrap();
-                    Arc::new(Endpoint {
-                        base: format!("http://h{i}:1"),
-                        label: Arc::new(format!("h{i}:1")),
-                        chat_url: u.clone(),
-                        completions_url: u.clone(),
-                        embeddings_url: u,
-                        in_flight: AtomicUsize::new(0),
-                        healthy: AtomicBool::new(true),
-                        failures: AtomicU32::new(0),
-                    })
+                    Arc::new(Endpoint::new(&format!("http://h{i}:1"), &format!("h{i}:1")).unwrap())
                 })
                 .collect(),
             auth: None,
             rr: AtomicUsize::new(0),
+            routing: RoutingPolicy::LeastInFlight,
+            scrape_interval: None,
+            affinity_max_load_factor: 1.25,
         }
     }
 
     #[test]
     fn least_in_flight_wins() {
         let p = pool(3);
-        let a = p.pick(&[]).unwrap();
-        let b = p.pick(&[]).unwrap();
-        let c = p.pick(&[]).unwrap();
+        let a = p.pick(&[], None).unwrap();
+        let b = p.pick(&[], None).unwrap();
+        let c = p.pick(&[], None).unwrap();
         let mut used = vec![a.0, b.0, c.0];
         used.sort();
         assert_eq!(used, vec![0, 1, 2], "spread over all endpoints");
         drop(b);
-        let d = p.pick(&[]).unwrap();
+        let d = p.pick(&[], None).unwrap();
         assert_eq!(
             d.1.endpoint().label.as_str(),
             p.endpoints[used[1]].label.as_str()
@@ -397,15 +502,117 @@ mod tests {
         let _ = (a, c, d);
     }
 
+    fn with(n: usize, routing: RoutingPolicy) -> Pool {
+        Pool {
+            routing,
+            scrape_interval: Some(Duration::from_secs(1)),
+            ..pool(n)
+        }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_reports_why() {
+        let p = with(3, RoutingPolicy::RoundRobin);
+        let _busy = p.pick(&[], None).unwrap();
+        let picks: Vec<usize> = (0..6).map(|_| p.pick(&[], None).unwrap().0).collect();
+        assert_eq!(picks, vec![1, 2, 0, 1, 2, 0], "in turn, whatever the load");
+        assert_eq!(p.pick(&[], None).unwrap().2, reason::ROUND_ROBIN);
+        assert_eq!(p.pick(&[0], None).unwrap().2, reason::RETRY);
+        assert_eq!(pool(1).pick(&[], None).unwrap().2, reason::ONLY_ENDPOINT);
+        assert_eq!(pool(2).pick(&[], None).unwrap().2, reason::LEAST_IN_FLIGHT);
+    }
+
+    #[test]
+    fn load_aware_uses_fresh_scrapes_only() {
+        let p = with(2, RoutingPolicy::LoadAware);
+        // No scrape yet: least in-flight.
+        let (_, a, why) = p.pick(&[], None).unwrap();
+        assert_eq!(why, reason::LEAST_IN_FLIGHT);
+        drop(a);
+        let now = tokio::time::Instant::now();
+        let load = |waiting, kv_usage| Load { waiting, kv_usage };
+        p.endpoints[0].scraped.set(Some((now, load(5.0, 0.1))));
+        p.endpoints[1].scraped.set(Some((now, load(0.0, 0.2))));
+        let mut held = Vec::new();
+        // Endpoint 1 takes requests until its in-flight count outweighs 0's queue.
+        for _ in 0..5 {
+            let (i, f, why) = p.pick(&[], None).unwrap();
+            assert_eq!((i, why), (1, reason::LOAD));
+            held.push(f);
+        }
+        // Scores now: 0 → 5.4, 1 → 5.8.
+        assert_eq!(p.pick(&[], None).unwrap().0, 0);
+        // KV usage counts: a full cache weighs KV_WEIGHT requests.
+        drop(held);
+        p.endpoints[0].scraped.set(Some((now, load(0.0, 1.0))));
+        p.endpoints[1].scraped.set(Some((now, load(2.0, 0.0))));
+        assert_eq!(p.pick(&[], None).unwrap().0, 1);
+        // One stale sample: scraped values are ignored for all.
+        p.endpoints[0]
+            .scraped
+            .set(Some((now - Duration::from_secs(10), load(50.0, 1.0))));
+        let (_, _, why) = p.pick(&[], None).unwrap();
+        assert_eq!(why, reason::LEAST_IN_FLIGHT);
+    }
+
+    #[test]
+    fn prefix_affinity_is_sticky_spreads_and_bounds_load() {
+        let p = with(4, RoutingPolicy::PrefixAffinity);
+        // Same key, same endpoint (idle pool).
+        for key in 0..50u64 {
+            let k = routing::fnv1a(&[&key.to_le_bytes()]);
+            let (first, _, why) = p.pick(&[], Some(k)).unwrap();
+            assert_eq!(why, reason::AFFINITY);
+            for _ in 0..3 {
+                assert_eq!(p.pick(&[], Some(k)).unwrap().0, first);
+            }
+        }
+        // Different keys spread.
+        let mut used = std::collections::HashSet::new();
+        for key in 0..64u64 {
+            used.insert(
+                p.pick(&[], Some(routing::fnv1a(&[&key.to_le_bytes()])))
+                    .unwrap()
+                    .0,
+            );
+        }
+        assert_eq!(used.len(), 4);
+        // One hot key: its home takes up to ceil(1.25 × (total + 1) / 4), then others do.
+        let hot = routing::fnv1a(&[b"hot"]);
+        let mut held = Vec::new();
+        let mut per = [0usize; 4];
+        let mut fallbacks = 0;
+        for _ in 0..40 {
+            let (i, f, why) = p.pick(&[], Some(hot)).unwrap();
+            per[i] += 1;
+            if why == reason::AFFINITY_FALLBACK {
+                fallbacks += 1;
+            }
+            held.push(f);
+        }
+        let max = *per.iter().max().unwrap();
+        assert!(max <= 13, "bounded: ceil(1.25 × 40 / 4) = 13; {per:?}");
+        assert!(fallbacks >= 27, "{per:?}");
+        // Its home is unhealthy: the next in hash order, as a fallback.
+        drop(held);
+        let home = p.pick(&[], Some(hot)).unwrap().0;
+        p.endpoints[home].healthy.store(false, Ordering::Relaxed);
+        let (next, _, why) = p.pick(&[], Some(hot)).unwrap();
+        assert_ne!(next, home);
+        assert_eq!(why, reason::AFFINITY_FALLBACK);
+        // No key: least in-flight.
+        assert_eq!(p.pick(&[], None).unwrap().2, reason::LEAST_IN_FLIGHT);
+    }
+
     #[test]
     fn unhealthy_and_tried_endpoints_are_avoided() {
         let p = pool(2);
         p.endpoints[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..4 {
-            assert_eq!(p.pick(&[]).unwrap().0, 1);
+            assert_eq!(p.pick(&[], None).unwrap().0, 1);
         }
         // Only the unhealthy one is left: still used rather than failing.
-        assert_eq!(p.pick(&[1]).unwrap().0, 0);
-        assert!(p.pick(&[0, 1]).is_none());
+        assert_eq!(p.pick(&[1], None).unwrap().0, 0);
+        assert!(p.pick(&[0, 1], None).is_none());
     }
 }

@@ -42,6 +42,7 @@ fn base_event() -> Event {
         cost_usd: Some(0.0000298),
         error_type: None,
         endpoint: Some("10.0.0.5:8000".into()),
+        routing_reason: Some("affinity"),
         schema_version: SCHEMA_VERSION,
         refusal_excerpt: None,
         usage_source: None,
@@ -87,6 +88,7 @@ fn representative() -> Vec<Event> {
         model: "unknown".into(),
         upstream: None,
         endpoint: None,
+        routing_reason: None,
         stream: false,
         status: 401,
         finish_reason: None,
@@ -107,6 +109,7 @@ fn representative() -> Vec<Event> {
         completion_tokens: None,
         cost_usd: None,
         error_type: Some("upstream_unreachable"),
+        routing_reason: Some("retry"),
         ..base_event()
     };
     // A Responses API stream the client left: the gateway counted its tokens.

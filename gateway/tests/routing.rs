@@ -224,6 +224,7 @@ async fn connect_failure_retries_on_another_endpoint() {
         sim.url
     );
     let gw = Gateway::start(&[], Some(&cfg));
+    let mut reasons = Vec::new();
     for (i, stream) in [false, true, false, true].into_iter().enumerate() {
         let r = gw
             .post_chat(&format!("r{i}"), &chat("m", stream), &[])
@@ -232,7 +233,16 @@ async fn connect_failure_retries_on_another_endpoint() {
         r.text().await.unwrap();
         let ev = gw.event_for(&format!("r{i}")).await;
         assert_eq!(ev["endpoint"], sim.url.trim_start_matches("http://"));
+        reasons.push(ev["routing_reason"].as_str().unwrap().to_owned());
     }
+    // The request that met the dead endpoint first was served by its retry.
+    assert!(reasons.iter().any(|r| r == "retry"), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r == "retry" || r == "least_in_flight"),
+        "{reasons:?}"
+    );
     let m = gw.metrics().await;
     assert!(
         metric(
@@ -243,4 +253,390 @@ async fn connect_failure_retries_on_another_endpoint() {
             >= 1.0,
         "{m}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Routing policies (issue 18)
+// ---------------------------------------------------------------------------
+
+fn label(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+/// A chat turn of conversation `conv`: a shared system prompt, the
+/// conversation's first user message, then `turn` more exchanges.
+fn turn(conv: usize, turn: usize) -> serde_json::Value {
+    let mut messages = vec![
+        json!({"role":"system","content":"You are a helpful assistant. Be brief."}),
+        json!({"role":"user","content":format!("conversation {conv}: hello")}),
+    ];
+    for t in 0..turn {
+        messages.push(json!({"role":"assistant","content":format!("answer {t}")}));
+        messages.push(json!({"role":"user","content":format!("follow-up {t}")}));
+    }
+    json!({"model":"m","messages":messages,"max_tokens":2})
+}
+
+/// The endpoint and routing reason of each request id.
+async fn routed(gw: &Gateway, ids: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let ev = gw.event_for(id).await;
+        out.push((
+            ev["endpoint"].as_str().unwrap_or("").to_owned(),
+            ev["routing_reason"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_takes_turns_whatever_the_load() {
+    let a = start_sim(fast_sim()).await;
+    let b = start_sim(fast_sim()).await;
+    let cfg = format!(
+        "[pools.main]\nrouting = \"round-robin\"\nendpoints = [\"{}\", \"{}\"]\n",
+        a.url, b.url
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    // One slow request holds an endpoint: least in-flight would send every
+    // other request to the idle one; round-robin keeps taking turns.
+    let slow = client()
+        .post(gw.chat_url())
+        .header("x-request-id", "slow")
+        .header("x-sim-ttft-ms", "1500")
+        .json(&chat("m", false))
+        .send();
+    let slow = tokio::spawn(slow);
+    gw.wait_in_flight(1.0).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = format!("rr-{i}");
+        let r = gw.post_chat(&id, &chat("m", false), &[]).await;
+        assert_eq!(r.status(), 200);
+        ids.push(id);
+    }
+    let got = routed(&gw, &ids).await;
+    let on_a = got.iter().filter(|(e, _)| *e == label(&a.url)).count();
+    assert_eq!(on_a, 3, "{got:?}");
+    assert!(got.iter().all(|(_, why)| why == "round_robin"), "{got:?}");
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "llm_gateway_endpoint_picks_total{{upstream=\"main\",endpoint=\"{}\",reason=\"round_robin\"}}",
+                label(&a.url)
+            )
+        ),
+        Some(
+            on_a as f64
+                + f64::from(u8::from(
+                    gw.event_for("slow").await["endpoint"] == label(&a.url).as_str()
+                ))
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_keeps_conversations_together_and_spreads_them() {
+    let sims = [
+        start_sim(fast_sim()).await,
+        start_sim(fast_sim()).await,
+        start_sim(fast_sim()).await,
+    ];
+    let cfg = format!(
+        "[pools.main]\nrouting = \"prefix-affinity\"\nendpoints = [{}]\n",
+        sims.iter()
+            .map(|s| format!("\"{}\"", s.url))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    let mut homes = std::collections::HashMap::new();
+    // Ports (so endpoint hashes) differ per run: 30 conversations miss one
+    // of 3 endpoints with probability 3 × (2/3)^30 ≈ 2e-5 (12 would: 2 %).
+    for t in 0..3 {
+        for conv in 0..30 {
+            let id = format!("c{conv}-t{t}");
+            let r = gw.post_chat(&id, &turn(conv, t), &[]).await;
+            assert_eq!(r.status(), 200);
+            let (ep, why) = routed(&gw, std::slice::from_ref(&id)).await.remove(0);
+            assert_eq!(why, "affinity", "{id}");
+            let home = homes.entry(conv).or_insert_with(|| ep.clone());
+            assert_eq!(*home, ep, "conversation {conv} moved at turn {t}");
+        }
+    }
+    let used: std::collections::HashSet<&String> = homes.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "12 conversations over 3 endpoints: {homes:?}"
+    );
+
+    // A session header wins over the body: different conversations, one endpoint.
+    let mut eps = std::collections::HashSet::new();
+    for conv in 0..6 {
+        let id = format!("s-{conv}");
+        let r = gw
+            .post_chat(&id, &turn(100 + conv, 0), &[("x-session-id", "sess-42")])
+            .await;
+        assert_eq!(r.status(), 200);
+        eps.insert(gw.event_for(&id).await["endpoint"].clone());
+    }
+    assert_eq!(eps.len(), 1, "{eps:?}");
+
+    // Completions: the prompt's beginning is the key.
+    let c = client();
+    let mut eps = std::collections::HashSet::new();
+    for i in 0..4 {
+        let id = format!("p-{i}");
+        let body = json!({"model":"m","prompt":format!("{} question {i}", "shared document ".repeat(40)),"max_tokens":2});
+        let r = c
+            .post(format!("{}/v1/completions", gw.url))
+            .header("x-request-id", &id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let ev = gw.event_for(&id).await;
+        assert_eq!(ev["routing_reason"], "affinity");
+        eps.insert(ev["endpoint"].clone());
+    }
+    assert_eq!(eps.len(), 1, "same first 512 bytes, same endpoint: {eps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_falls_back_when_its_endpoint_is_busy() {
+    let a = start_sim(fast_sim()).await;
+    let b = start_sim(fast_sim()).await;
+    let cfg = format!(
+        "[pools.main]\nrouting = \"prefix-affinity\"\naffinity_max_load_factor = 1.25\nendpoints = [\"{}\", \"{}\"]\n",
+        a.url, b.url
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    // One conversation, several slow turns at once: its home takes
+    // ceil(1.25 × (in flight + 1) / 2), the rest go to the other endpoint.
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let req = client()
+            .post(gw.chat_url())
+            .header("x-request-id", format!("busy-{i}"))
+            .header("x-sim-ttft-ms", "1500")
+            .json(&turn(7, 0))
+            .send();
+        tasks.push(tokio::spawn(req));
+        gw.wait_in_flight(f64::from(i + 1)).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().status(), 200);
+    }
+    let ids: Vec<String> = (0..4).map(|i| format!("busy-{i}")).collect();
+    let got = routed(&gw, &ids).await;
+    // 1st: home (0 in flight < cap 1). 2nd: home (1 < cap 2). 3rd: cap 2 → other. 4th: cap 3 → home.
+    let reasons: Vec<&str> = got.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(
+        reasons,
+        vec!["affinity", "affinity", "affinity_fallback", "affinity"],
+        "{got:?}"
+    );
+    let home = &got[0].0;
+    assert_ne!(&got[2].0, home);
+    assert_eq!(&got[3].0, home);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "llm_gateway_endpoint_picks_total{upstream=\"main\",endpoint=\""
+        ),
+        Some(4.0),
+        "{m}"
+    );
+}
+
+/// A vLLM-like upstream with a long queue: `/metrics` reports 50 waiting
+/// requests (real vLLM exposition lines), the other routes answer a chat completion.
+async fn queued_upstream() -> Mock {
+    start_mock(|seen| {
+        use axum::response::IntoResponse;
+        if seen.path == "/metrics" {
+            return (
+                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 50.0\n# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.97\n",
+            )
+                .into_response();
+        }
+        axum::Json(json!({
+            "id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}
+        }))
+        .into_response()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_aware_avoids_the_endpoint_with_a_long_queue() {
+    let queued = queued_upstream().await;
+    let sim = start_sim(fast_sim()).await;
+    let cfg = format!(
+        "[pools.main]\nrouting = \"load-aware\"\nmetrics_scrape_interval_ms = 100\nendpoints = [\"{}\", \"{}\"]\n",
+        queued.url, sim.url
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    let q = label(&queued.url);
+    gw.wait_metric(
+        &format!("llm_gateway_endpoint_queue_waiting{{upstream=\"main\",endpoint=\"{q}\"}}"),
+        50.0,
+    )
+    .await;
+    // The sim's own scrape too (its queue is empty).
+    gw.wait_metric(
+        &format!(
+            "llm_gateway_endpoint_kv_cache_usage_ratio{{upstream=\"main\",endpoint=\"{}\"}}",
+            label(&sim.url)
+        ),
+        0.0,
+    )
+    .await;
+    let ids: Vec<String> = (0..8).map(|i| format!("la-{i}")).collect();
+    for id in &ids {
+        assert_eq!(gw.post_chat(id, &chat("m", false), &[]).await.status(), 200);
+    }
+    let got = routed(&gw, &ids).await;
+    assert!(
+        got.iter()
+            .all(|(e, why)| *e == label(&sim.url) && why == "load"),
+        "{got:?}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "llm_gateway_endpoint_kv_cache_usage_ratio{{upstream=\"main\",endpoint=\"{q}\"}}"
+            )
+        ),
+        Some(0.97),
+        "{m}"
+    );
+    assert!(
+        queued
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.path != "/v1/chat/completions"),
+        "no chat request reached the queued endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_failures_are_counted_and_harmless() {
+    // An upstream without /metrics (404) and one that is not there at all.
+    let no_metrics = start_mock(|seen| {
+        use axum::response::IntoResponse;
+        if seen.path == "/metrics" {
+            return http::StatusCode::NOT_FOUND.into_response();
+        }
+        axum::Json(json!({
+            "id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}
+        }))
+        .into_response()
+    })
+    .await;
+    let sim = start_sim(fast_sim()).await;
+    let dead = dead_url();
+    let cfg = format!(
+        "[routing]\ndefault_pool = \"main\"\n[health]\ninterval_ms = 60000\n[pools.main]\nrouting = \"load-aware\"\nmetrics_scrape_interval_ms = 100\nendpoints = [\"{}\", \"{}\"]\n[pools.gone]\nrouting = \"load-aware\"\nmetrics_scrape_interval_ms = 100\nendpoints = [\"{dead}\"]\n",
+        no_metrics.url, sim.url
+    );
+    let gw = Gateway::start(&[], Some(&cfg));
+    let nm = label(&no_metrics.url);
+    gw.wait_metric(
+        &format!("llm_gateway_endpoint_scrape_errors_total{{upstream=\"main\",endpoint=\"{nm}\"}}"),
+        2.0,
+    )
+    .await;
+    gw.wait_metric(
+        &format!(
+            "llm_gateway_endpoint_scrape_errors_total{{upstream=\"gone\",endpoint=\"{}\"}}",
+            label(&dead)
+        ),
+        2.0,
+    )
+    .await;
+    let ids: Vec<String> = (0..4).map(|i| format!("sf-{i}")).collect();
+    for id in &ids {
+        assert_eq!(gw.post_chat(id, &chat("m", false), &[]).await.status(), 200);
+    }
+    // Not every endpoint has a fresh scrape: plain least in-flight, both used.
+    let got = routed(&gw, &ids).await;
+    assert!(
+        got.iter().all(|(_, why)| why == "least_in_flight"),
+        "{got:?}"
+    );
+    let used: std::collections::HashSet<&String> = got.iter().map(|(e, _)| e).collect();
+    assert_eq!(used.len(), 2, "{got:?}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!("llm_gateway_endpoint_queue_waiting{{upstream=\"main\",endpoint=\"{nm}\"}}")
+        ),
+        None,
+        "no value without a good scrape: {m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "llm_gateway_endpoint_scrape_errors_total{{upstream=\"main\",endpoint=\"{}\"}}",
+                label(&sim.url)
+            )
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        gw.stderr().contains("metrics scrape failed"),
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[test]
+fn bad_routing_settings_are_refused_at_start() {
+    for (cfg, want) in [
+        (
+            "[pools.a]\nendpoints = [\"http://127.0.0.1:1\"]\nrouting = \"random\"\n",
+            "unknown variant `random`",
+        ),
+        (
+            "[pools.a]\nendpoints = [\"http://127.0.0.1:1\"]\nrouting = \"prefix-affinity\"\naffinity_max_load_factor = 0.5\n",
+            "affinity_max_load_factor must be a number >= 1.0",
+        ),
+        (
+            "[routing]\nmetrics_scrape_interval_ms = 10\n[pools.a]\nendpoints = [\"http://127.0.0.1:1\"]\n",
+            "metrics_scrape_interval_ms must be 0 (off) or at least 50",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cfg}");
+        assert!(stderr.contains(want), "{cfg}: {stderr}");
+    }
 }

@@ -1,0 +1,230 @@
+//! Endpoint choice within a pool: the reasons reported in events and
+//! metrics, the prefix-affinity key of a request, and the hashing used by
+//! rendezvous (highest random weight) hashing.
+//!
+//! The policies themselves live in [`crate::upstream::Pool::pick`].
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// `routing_reason` values (event field and `reason` metric label): a fixed set.
+pub mod reason {
+    /// `round-robin` pool.
+    pub const ROUND_ROBIN: &str = "round_robin";
+    /// Fewest in flight: a `least-in-flight` pool, a `load-aware` pool without
+    /// fresh scrapes, or a `prefix-affinity` request without a key.
+    pub const LEAST_IN_FLIGHT: &str = "least_in_flight";
+    /// `load-aware` with fresh scrapes of every candidate.
+    pub const LOAD: &str = "load";
+    /// `prefix-affinity`: the endpoint the key hashes to first.
+    pub const AFFINITY: &str = "affinity";
+    /// `prefix-affinity`: the preferred endpoint was at its load bound (or
+    /// unhealthy); the next one in the key's hash order took it.
+    pub const AFFINITY_FALLBACK: &str = "affinity_fallback";
+    /// A second or later attempt after a connect error or a 502/503.
+    pub const RETRY: &str = "retry";
+    /// The pool has one endpoint: no choice was made.
+    pub const ONLY_ENDPOINT: &str = "only_endpoint";
+
+    pub const ALL: [&str; 7] = [
+        ROUND_ROBIN,
+        LEAST_IN_FLIGHT,
+        LOAD,
+        AFFINITY,
+        AFFINITY_FALLBACK,
+        RETRY,
+        ONLY_ENDPOINT,
+    ];
+}
+
+/// Header naming a conversation (takes precedence over the body).
+pub const SESSION_HEADER: &str = "x-session-id";
+/// Bytes of `prompt` (or `input`) hashed for the key when there are no messages.
+pub const PROMPT_KEY_BYTES: usize = 512;
+
+/// FNV-1a, 64 bit: stable across builds and gateway replicas (several
+/// gateways in front of one pool send a conversation to the same endpoint).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Weight of an endpoint for a key (rendezvous hashing): the endpoint with
+/// the highest weight is the key's home; removing an endpoint moves only the
+/// keys it was home to.
+pub fn hrw_weight(key: u64, endpoint_hash: u64) -> u64 {
+    // splitmix64 finaliser over the combination.
+    let mut z = key ^ endpoint_hash.rotate_left(29);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Where the affinity key of a request body is (byte ranges into `body`),
+/// noted while the body is parsed for `model` anyway; the key itself is only
+/// computed for `prefix-affinity` pools.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeySource {
+    pub body: Bytes,
+    pub user: Option<Range<usize>>,
+    pub messages: Option<Range<usize>>,
+    pub prompt: Option<Range<usize>>,
+    pub input: Option<Range<usize>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<&'a str>,
+}
+
+/// The prefix-affinity key of a request, in this order: the `x-session-id`
+/// header; the body's `user` field; the first system (or developer) message
+/// and the first user message of `messages` (the part of a chat that every
+/// later turn resends unchanged); the first [`PROMPT_KEY_BYTES`] bytes of
+/// `prompt` or `input`. `None` when the request has none of these.
+pub fn affinity_key(headers: &HeaderMap, src: Option<&KeySource>) -> Option<u64> {
+    if let Some(s) = headers.get(SESSION_HEADER)
+        && !s.as_bytes().is_empty()
+    {
+        return Some(fnv1a(&[b"session", s.as_bytes()]));
+    }
+    let src = src?;
+    let part = |r: &Option<Range<usize>>| r.as_ref().and_then(|r| src.body.get(r.clone()));
+    if let Some(u) = part(&src.user)
+        && let Ok(Some(u)) = serde_json::from_slice::<Option<String>>(u)
+        && !u.is_empty()
+    {
+        return Some(fnv1a(&[b"user", u.as_bytes()]));
+    }
+    if let Some(m) = part(&src.messages)
+        && let Ok(list) = serde_json::from_slice::<Vec<&RawValue>>(m)
+        && !list.is_empty()
+    {
+        let role = |raw: &RawValue| {
+            serde_json::from_str::<Message>(raw.get())
+                .ok()
+                .and_then(|m| m.role)
+                .map(str::to_owned)
+        };
+        let mut system: Option<&RawValue> = None;
+        let mut user: Option<&RawValue> = None;
+        for raw in &list {
+            match role(raw).as_deref() {
+                Some("system" | "developer") if system.is_none() => system = Some(raw),
+                Some("user") => {
+                    user = Some(raw);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let first = user.or(system).unwrap_or(list[0]);
+        let sys = system.map_or(&b""[..], |s| s.get().as_bytes());
+        return Some(fnv1a(&[b"messages", sys, first.get().as_bytes()]));
+    }
+    for (tag, r) in [(&b"prompt"[..], &src.prompt), (&b"input"[..], &src.input)] {
+        if let Some(p) = part(r) {
+            return Some(fnv1a(&[tag, &p[..p.len().min(PROMPT_KEY_BYTES)]]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key source as the request parser notes it.
+    fn src(json: &str) -> KeySource {
+        crate::proxy::parse_request(
+            Bytes::from(json.to_owned()),
+            crate::api::Api::ChatCompletions,
+        )
+        .unwrap()
+        .key_src
+        .unwrap()
+    }
+
+    fn key(json: &str) -> Option<u64> {
+        affinity_key(&HeaderMap::new(), Some(&src(json)))
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_key_across_turns() {
+        let t1 = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi, I am Ann"}]}"#;
+        let t2 = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi, I am Ann"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}"#;
+        let other = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi, I am Bob"}]}"#;
+        assert!(key(t1).is_some());
+        assert_eq!(key(t1), key(t2));
+        assert_ne!(key(t1), key(other));
+        // Header, then `user`, win over the messages.
+        let with_user = r#"{"user":"u-1","messages":[{"role":"user","content":"x"}]}"#;
+        let same_user = r#"{"user":"u-1","messages":[{"role":"user","content":"y"}]}"#;
+        assert_eq!(key(with_user), key(same_user));
+        let mut h = HeaderMap::new();
+        h.insert(SESSION_HEADER, "s-9".parse().unwrap());
+        assert_eq!(
+            affinity_key(&h, Some(&src(with_user))),
+            affinity_key(&h, None)
+        );
+        assert_ne!(affinity_key(&h, None), key(with_user));
+    }
+
+    #[test]
+    fn prompts_inputs_and_nothing() {
+        let long_a = format!(r#"{{"prompt":"{}A"}}"#, "x".repeat(600));
+        let long_b = format!(r#"{{"prompt":"{}B"}}"#, "x".repeat(600));
+        assert_eq!(key(&long_a), key(&long_b), "only the first bytes count");
+        assert_ne!(key(r#"{"prompt":"a"}"#), key(r#"{"prompt":"b"}"#));
+        assert_ne!(key(r#"{"prompt":"a"}"#), key(r#"{"input":"a"}"#));
+        assert_eq!(key(r#"{"model":"m"}"#), None);
+        assert_eq!(key(r#"{"messages":[]}"#), None);
+        assert_eq!(affinity_key(&HeaderMap::new(), None), None);
+        // Odd messages still give a key (the first one).
+        assert!(key(r#"{"messages":[1,2]}"#).is_some());
+        // A null or empty `user` is no key.
+        assert_eq!(key(r#"{"user":null}"#), None);
+        assert_eq!(key(r#"{"user":""}"#), None);
+    }
+
+    #[test]
+    fn rendezvous_spreads_keys_and_is_stable() {
+        let eps: Vec<u64> = (0..4)
+            .map(|i| fnv1a(&[format!("10.0.0.{i}:8000").as_bytes()]))
+            .collect();
+        let home = |k: u64, eps: &[u64]| {
+            (0..eps.len())
+                .max_by_key(|&i| hrw_weight(k, eps[i]))
+                .unwrap()
+        };
+        let mut counts = [0usize; 4];
+        for k in 0..4000u64 {
+            counts[home(fnv1a(&[&k.to_le_bytes()]), &eps)] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+        // Removing endpoint 3 moves only its keys.
+        for k in 0..1000u64 {
+            let k = fnv1a(&[&k.to_le_bytes()]);
+            let before = home(k, &eps);
+            if before != 3 {
+                assert_eq!(home(k, &eps[..3]), before);
+            }
+        }
+    }
+}
