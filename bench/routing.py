@@ -42,6 +42,9 @@ sys.path.insert(0, BENCH)
 import bench  # noqa: E402  (process helpers, machine description)
 
 POLICIES = ["round-robin", "least-in-flight", "load-aware", "prefix-affinity"]
+# Extra rows: prefix-affinity with a looser bound (`affinity_max_load_factor`), to show
+# what the bounded load costs and buys. NAME@FACTOR.
+EXTRA_POLICIES = ["prefix-affinity@2.0"]
 SKEW_POLICIES = ["least-in-flight", "load-aware"]
 MODEL = "sim-model"
 
@@ -108,7 +111,10 @@ def gateway_config(port, events, sim_ports, policy):
     eps = ", ".join(f'"http://127.0.0.1:{p}"' for p in sim_ports)
     # least-in-flight is the default: leave the key out so the config also loads on a
     # gateway without the routing policies (the script then measures what exists).
-    routing = "" if policy == "least-in-flight" else f'routing = "{policy}"\n'
+    name, _, factor = policy.partition("@")
+    routing = "" if name == "least-in-flight" else f'routing = "{name}"\n'
+    if factor:
+        routing += f"affinity_max_load_factor = {float(factor)}\n"
     return f"""[server]
 listen = "127.0.0.1:{port}"
 max_concurrent_requests = 100000
@@ -343,7 +349,7 @@ def render(res):
     lines += ["", "## Main case: 4 replicas (replica 0 half as fast), conversations through the gateway", "",
               "| policy | TTFT p50 | TTFT p95 | TTFT p99 | e2e p50 | e2e p95 | hit rate | max/mean load | requests | errors |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for pol in POLICIES:
+    for pol in POLICIES + [p for p in EXTRA_POLICIES if p in s.get("main", {})]:
         m = s.get("main", {}).get(pol)
         if not m:
             lines.append(f"| {pol} | not measured | | | | | | | | |")
@@ -396,6 +402,7 @@ def method_text(secs, drain):
         f"direct requests of {b['output_tokens']} output tokens (more than its {m['max_concurrency']} running "
         "slots, so it always has a queue), started 3 s before the gateway; its requests are not seen by the "
         "gateway's in-flight counts (they do count in that replica's request numbers and hit rate). "
+        "`prefix-affinity@2.0` is prefix-affinity with `affinity_max_load_factor = 2.0` (the default is 1.25). "
         "Policies are run in rotated order per round; medians over rounds."
     )
 
@@ -407,7 +414,7 @@ def main():
     ap.add_argument("--drain", type=int, default=40, help="time for started conversations to finish")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--cases", default="main,skewed")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(POLICIES + EXTRA_POLICIES))
     ap.add_argument("--date", default=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
     ap.add_argument("--note", action="append", default=[], help="a note for the report (repeatable)")
     ap.add_argument("--report-only", metavar="JSON")

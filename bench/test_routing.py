@@ -76,6 +76,8 @@ class Routing(unittest.TestCase):
         self.assertIn('endpoints = ["http://127.0.0.1:1", "http://127.0.0.1:2"]', cfg)
         self.assertIn('routing = "prefix-affinity"', cfg)
         self.assertNotIn("routing =", routing.gateway_config(8080, "/tmp/e.log", [1], "least-in-flight"))
+        cfg = routing.gateway_config(8080, "/tmp/e.log", [1], "prefix-affinity@2.0")
+        self.assertIn('routing = "prefix-affinity"\naffinity_max_load_factor = 2.0\n', cfg)
         page = ('llm_gateway_endpoint_picks_total{upstream="chat",endpoint="http://a",reason="affinity"} 7\n'
                 'llm_gateway_endpoint_picks_total{upstream="chat",endpoint="http://b",reason="affinity"} 3\n'
                 'llm_gateway_endpoint_picks_total{upstream="chat",endpoint="http://b",reason="load"} 2\n'
