@@ -166,7 +166,7 @@ impl Conversation {
     #[must_use]
     pub fn think_ms(&self) -> u64 {
         pick(
-            text::mix64(self.id ^ (u64::from(self.turn) << 40) ^ 0x5448_494e_4b),
+            text::mix64(self.id ^ (u64::from(self.turn) << 40) ^ 0x0054_4849_4e4b),
             self.shape.think_ms,
         )
     }
