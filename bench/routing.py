@@ -3,7 +3,7 @@
 
     python3 bench/routing.py                 # build, then 2 rounds (~15 min on 2 cores)
     python3 bench/routing.py --rounds 1 --secs 30 --no-build
-    python3 bench/routing.py --report-only bench/results/routing-<date>.json
+    python3 bench/routing.py --report-only bench/results/routing-policies-<date>.json
 
 Standard library only; everything on 127.0.0.1; every window is bounded in time.
 
@@ -22,7 +22,7 @@ Cases:
   and its queue long; least-in-flight vs load-aware.
 
 Rounds interleave the policies (order rotated per round); the report shows medians over
-rounds. Writes bench/results/routing-<date>.md and .json; raw output in bench/out/routing-<stamp>/.
+rounds. Writes bench/results/routing-policies-<date>.md and .json; raw output in bench/out/routing-<stamp>/.
 """
 
 import argparse
@@ -468,7 +468,7 @@ def main():
         "method": method_text(a.secs, a.drain),
         "notes": a.note,
     }
-    base = os.path.join(BENCH, "results", f"routing-{a.date}")
+    base = os.path.join(BENCH, "results", f"routing-policies-{a.date}")
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1)
     with open(base + ".md", "w") as f:

@@ -59,6 +59,7 @@ fn pools() -> Upstreams {
 }
 
 fn bench(c: &mut Criterion) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let headers = HeaderMap::new();
     for (name, turns) in [("turn1", 0), ("turn20", 19)] {
         let body = chat_body(turns);

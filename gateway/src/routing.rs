@@ -111,30 +111,9 @@ pub fn affinity_key(headers: &HeaderMap, src: Option<&KeySource>) -> Option<u64>
         return Some(fnv1a(&[b"user", u.as_bytes()]));
     }
     if let Some(m) = part(&src.messages)
-        && let Ok(list) = serde_json::from_slice::<Vec<&RawValue>>(m)
-        && !list.is_empty()
+        && let Some(key) = messages_key(m)
     {
-        let role = |raw: &RawValue| {
-            serde_json::from_str::<Message>(raw.get())
-                .ok()
-                .and_then(|m| m.role)
-                .map(str::to_owned)
-        };
-        let mut system: Option<&RawValue> = None;
-        let mut user: Option<&RawValue> = None;
-        for raw in &list {
-            match role(raw).as_deref() {
-                Some("system" | "developer") if system.is_none() => system = Some(raw),
-                Some("user") => {
-                    user = Some(raw);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let first = user.or(system).unwrap_or(list[0]);
-        let sys = system.map_or(&b""[..], |s| s.get().as_bytes());
-        return Some(fnv1a(&[b"messages", sys, first.get().as_bytes()]));
+        return Some(key);
     }
     for (tag, r) in [(&b"prompt"[..], &src.prompt), (&b"input"[..], &src.input)] {
         if let Some(p) = part(r) {
@@ -142,6 +121,59 @@ pub fn affinity_key(headers: &HeaderMap, src: Option<&KeySource>) -> Option<u64>
         }
     }
     None
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// The key of a `messages` array (raw JSON): its first system (or developer)
+/// message and its first user message, or its first message if it has
+/// neither. Reads the array only up to the first user message (a chat's
+/// later turns are not parsed at all).
+fn messages_key(m: &[u8]) -> Option<u64> {
+    let mut pos = skip_ws(m, 0);
+    if m.get(pos) != Some(&b'[') {
+        return None;
+    }
+    pos += 1;
+    let mut first: Option<&RawValue> = None;
+    let mut system: Option<&RawValue> = None;
+    let mut user: Option<&RawValue> = None;
+    loop {
+        pos = skip_ws(m, pos);
+        if m.get(pos).is_none_or(|&c| c == b']') {
+            break;
+        }
+        let mut one = serde_json::Deserializer::from_slice(&m[pos..]).into_iter::<&RawValue>();
+        let Some(Ok(raw)) = one.next() else {
+            break;
+        };
+        pos += one.byte_offset();
+        first.get_or_insert(raw);
+        let role = serde_json::from_str::<Message>(raw.get())
+            .ok()
+            .and_then(|msg| msg.role);
+        match role {
+            Some("system" | "developer") if system.is_none() => system = Some(raw),
+            Some("user") => {
+                user = Some(raw);
+                break;
+            }
+            _ => {}
+        }
+        pos = skip_ws(m, pos);
+        if m.get(pos) != Some(&b',') {
+            break;
+        }
+        pos += 1;
+    }
+    let head = user.or(system).or(first)?;
+    let sys = system.map_or(&b""[..], |s| s.get().as_bytes());
+    Some(fnv1a(&[b"messages", sys, head.get().as_bytes()]))
 }
 
 #[cfg(test)]
@@ -182,6 +214,42 @@ mod tests {
             affinity_key(&h, None)
         );
         assert_ne!(affinity_key(&h, None), key(with_user));
+    }
+
+    #[test]
+    fn messages_are_read_only_up_to_the_first_user_message() {
+        let compact = r#"[{"role":"system","content":"s"},{"role":"user","content":"u"}]"#;
+        let pretty = "[\n  {\"role\":\"system\",\"content\":\"s\"} ,\n\t{\"role\":\"user\",\"content\":\"u\"}\n]";
+        assert_eq!(
+            messages_key(compact.as_bytes()),
+            messages_key(pretty.as_bytes())
+        );
+        assert!(messages_key(compact.as_bytes()).is_some());
+        // What follows the first user message is never parsed.
+        let tail = r#"[{"role":"system","content":"s"},{"role":"user","content":"u"}, not json"#;
+        assert_eq!(
+            messages_key(tail.as_bytes()),
+            messages_key(compact.as_bytes())
+        );
+        // Assistant messages before the first user one are skipped; a developer message is a system one.
+        let dev = r#"[{"role":"developer","content":"s"},{"role":"assistant","content":"x"},{"role":"user","content":"u"}]"#;
+        assert!(messages_key(dev.as_bytes()).is_some());
+        assert_ne!(
+            messages_key(dev.as_bytes()),
+            messages_key(compact.as_bytes())
+        );
+        // No user message: the system message; neither: the first message.
+        let only_sys = r#"[{"role":"system","content":"s"},{"role":"assistant","content":"a"}]"#;
+        let only_asst = r#"[{"role":"assistant","content":"a"}]"#;
+        assert!(messages_key(only_sys.as_bytes()).is_some());
+        assert!(messages_key(only_asst.as_bytes()).is_some());
+        assert_ne!(
+            messages_key(only_sys.as_bytes()),
+            messages_key(only_asst.as_bytes())
+        );
+        for none in ["[]", " [ ] ", "{}", "", "[,]"] {
+            assert_eq!(messages_key(none.as_bytes()), None, "{none}");
+        }
     }
 
     #[test]
