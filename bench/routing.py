@@ -298,7 +298,7 @@ def evaluate(summary):
         drop = 1 - pa["ttft_p95_ms"] / lif["ttft_p95_ms"] if lif["ttft_p95_ms"] else 0.0
         g["affinity_ttft_p95"] = {"ok": drop >= GOAL_TTFT_DROP,
                                   "detail": f"p95 TTFT {pa['ttft_p95_ms']:.0f} ms vs {lif['ttft_p95_ms']:.0f} ms "
-                                            f"least-in-flight: {drop * 100:.0f} % lower (goal >= {GOAL_TTFT_DROP * 100:.0f} %)"}
+                                            f"least-in-flight: {drop * 100:.1f} % lower (goal >= {GOAL_TTFT_DROP * 100:.0f} %)"}
     else:
         g["affinity_ttft_p95"] = {"ok": None, "detail": "not measured"}
     if both("hit_rate"):

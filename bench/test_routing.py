@@ -43,7 +43,7 @@ class Routing(unittest.TestCase):
                 row("skewed", "load-aware", 0, 200, 4000, 0.3, 2.0)]
         g = routing.evaluate(routing.summarize(rows))
         self.assertTrue(g["affinity_ttft_p95"]["ok"])  # 250 vs 400 ms: 37.5 % lower
-        self.assertIn("38 % lower", g["affinity_ttft_p95"]["detail"])
+        self.assertIn("37.5 % lower", g["affinity_ttft_p95"]["detail"])
         self.assertTrue(g["affinity_hit_rate"]["ok"])
         self.assertTrue(g["affinity_balance"]["ok"])
         self.assertTrue(g["skewed_load_aware_e2e_p95"]["ok"])
