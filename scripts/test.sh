@@ -102,7 +102,7 @@ stage_python() {
   # Same feature set as the nextest build, so nothing is recompiled after the rust stage.
   cargo test --workspace --no-run --locked -q || { record python 0 1; return 1; }
   LLM_GATEWAY_BIN="$ROOT/target/debug/llm-gateway" VLLM_SIM_BIN="$ROOT/target/debug/vllm-sim" \
-    .venv/bin/python -m pytest -q gateway/tests/python 2>&1 | tee "$out"
+    .venv/bin/python -m pytest -q gateway/tests/python bench/test_routing.py 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   local passed failed
   passed=$(grep -Eo '[0-9]+ passed' "$out" | tail -n 1 | grep -Eo '[0-9]+')

@@ -48,12 +48,20 @@ pub(crate) struct Plan {
     pub(crate) continuous_usage: bool,
     pub(crate) prefill: Duration,
     pub(crate) tokens_per_second: f64,
+    /// Prefill compute in uncached prompt tokens per second (0 = only `prefill`).
+    pub(crate) prefill_tokens_per_second: f64,
     pub(crate) midstream_error: bool,
     pub(crate) params_max_tokens: u32,
     /// `Some`: a `/v1/responses` request (its events instead of chat chunks).
     pub(crate) responses: Option<ResponsesMeta>,
     /// Chat `logprobs: true`: the number of `top_logprobs`.
     pub(crate) logprobs: Option<u32>,
+    /// Approximate token ids of the prompt (a single prompt with prefix caching on).
+    pub(crate) prompt_ids: Option<Vec<u64>>,
+    /// Hashes of the prompt's full blocks (empty: no prefix-cache lookup).
+    pub(crate) prompt_hashes: Arc<[u64]>,
+    /// Cache the blocks of prompt + answer when the request finishes (chat text).
+    pub(crate) cache_answer: bool,
 }
 
 /// Writes a stream: chat / completion chunks, or Responses API events.
@@ -168,15 +176,29 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
         done: false,
     };
     let mut running: Running = out
-        .guard(engine.admit(u64::from(plan.prompt_tokens)))
+        .guard(engine.admit_prompt(
+            u64::from(plan.prompt_tokens),
+            Arc::clone(&plan.prompt_hashes),
+        ))
         .await?;
     let scheduled = Instant::now();
     engine.metrics.add_prompt_tokens(plan.prompt_tokens);
-    engine.metrics.observe_iteration_tokens(plan.prompt_tokens);
-    if !plan.prefill.is_zero() {
-        out.guard(tokio::time::sleep_until(scheduled + plan.prefill))
-            .await?;
+    // Only the uncached tokens are computed (and scheduled in the prefill step).
+    let uncached = u64::from(plan.prompt_tokens).saturating_sub(running.hit_tokens());
+    engine
+        .metrics
+        .observe_iteration_tokens(u32::try_from(uncached).unwrap_or(u32::MAX));
+    let mut prefill_done = scheduled;
+    if plan.prefill_tokens_per_second > 0.0 && uncached > 0 {
+        let work = Duration::from_secs_f64(uncached as f64 / plan.prefill_tokens_per_second);
+        prefill_done = engine.prefill_lane(work);
     }
+    let first_at = prefill_done + plan.prefill;
+    if first_at > Instant::now() {
+        out.guard(tokio::time::sleep_until(first_at)).await?;
+    }
+    // The prompt's blocks are computed: they enter the prefix cache.
+    running.cache_blocks(&plan.prompt_hashes);
     let first = Instant::now();
     let mut writer = out.sse.then(|| match &plan.responses {
         Some(meta) => Writer::Responses(ResponsesWriter::new(meta.clone())),
@@ -318,6 +340,16 @@ pub(crate) async fn run(plan: &Plan, out: &mut Out, arrival: Instant) -> Result<
         None => {}
     }
     let end = Instant::now();
+    if plan.cache_answer
+        && let (Some(ids), Some(c)) = (&plan.prompt_ids, plan.choices.first())
+    {
+        // The answer as the next turn resends it: the same approximate tokens.
+        let mut seq = ids.clone();
+        let answer: String = c.tokens.concat();
+        crate::prefix::push_text(&mut seq, &answer);
+        let bs = usize::try_from(engine.block_size()).unwrap_or(16);
+        running.cache_blocks(&crate::prefix::block_hashes(&seq, bs));
+    }
     drop(running);
     let finished = FinishedRequest {
         finish: plan.choices.first().map_or(Finish::Stop, |c| c.finish),

@@ -195,6 +195,8 @@ pub struct ModelMetrics {
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
     preemptions: AtomicU64,
+    prefix_queries: AtomicU64,
+    prefix_hits: AtomicU64,
     aborted: AtomicU64,
     success: [AtomicU64; 5],
     hists: Mutex<Hists>,
@@ -223,6 +225,8 @@ impl ModelMetrics {
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
+            prefix_queries: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             success: Default::default(),
             hists: Mutex::new(Hists {
@@ -259,6 +263,22 @@ impl ModelMetrics {
     /// A running request was preempted.
     pub fn add_preemption(&self) {
         self.preemptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One prefix-cache lookup of a new request: `queries` prompt tokens looked up, `hits`
+    /// of them found cached (vLLM `PrefixCacheStats.record(num_tokens, num_hits, False)`).
+    pub fn add_prefix_lookup(&self, queries: u64, hits: u64) {
+        self.prefix_queries.fetch_add(queries, Ordering::Relaxed);
+        self.prefix_hits.fetch_add(hits, Ordering::Relaxed);
+    }
+
+    /// `(vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)` (tests, logs).
+    #[must_use]
+    pub fn prefix_cache(&self) -> (u64, u64) {
+        (
+            self.prefix_queries.load(Ordering::Relaxed),
+            self.prefix_hits.load(Ordering::Relaxed),
+        )
     }
 
     /// A client disconnect aborted a request (sim-only counter).
@@ -413,7 +433,12 @@ impl HttpMetrics {
 /// engine's cache settings (`log_metrics_info("cache_config", ...)`; a subset of the
 /// fields, with the values this simulator implies). It has no `model_name` label, like
 /// vLLM's; one series for the whole simulator, whose engines share one configuration.
-pub fn render_cache_config_info(out: &mut String, kv_cache_tokens: u64) {
+pub fn render_cache_config_info(
+    out: &mut String,
+    kv_cache_tokens: u64,
+    block_size: u64,
+    prefix_caching: bool,
+) {
     header(
         out,
         "vllm:cache_config_info",
@@ -422,8 +447,9 @@ pub fn render_cache_config_info(out: &mut String, kv_cache_tokens: u64) {
     );
     let _ = writeln!(
         out,
-        "vllm:cache_config_info{{block_size=\"{BLOCK_SIZE}\",cache_dtype=\"auto\",enable_prefix_caching=\"False\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"{}\",engine=\"0\"}} 1.0",
-        kv_cache_tokens / BLOCK_SIZE
+        "vllm:cache_config_info{{block_size=\"{block_size}\",cache_dtype=\"auto\",enable_prefix_caching=\"{}\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"{}\",engine=\"0\"}} 1.0",
+        if prefix_caching { "True" } else { "False" },
+        kv_cache_tokens / block_size.max(1)
     );
 }
 
@@ -633,13 +659,13 @@ pub fn render(models: &[(&ModelMetrics, Gauges)]) -> String {
         &mut out,
         "vllm:prefix_cache_queries",
         "Prefix cache queries, in terms of number of queried tokens.",
-        |m| m.prompt_tokens.load(Ordering::Relaxed),
+        |m| m.prefix_queries.load(Ordering::Relaxed),
     );
     f.counter(
         &mut out,
         "vllm:prefix_cache_hits",
         "Prefix cache hits, in terms of number of cached tokens.",
-        |_| 0,
+        |m| m.prefix_hits.load(Ordering::Relaxed),
     );
     f.counter(
         &mut out,
@@ -653,12 +679,12 @@ pub fn render(models: &[(&ModelMetrics, Gauges)]) -> String {
         "Number of prefill tokens processed.",
         |m| m.prompt_tokens.load(Ordering::Relaxed),
     );
-    // No prefix cache is simulated: nothing is ever served from cache.
+    // Local prefix-cache hits (no KV connector is simulated, so nothing external).
     f.counter(
         &mut out,
         "vllm:prompt_tokens_cached",
         "Number of cached prompt tokens (local + external).",
-        |_| 0,
+        |m| m.prefix_hits.load(Ordering::Relaxed),
     );
     f.counter(
         &mut out,

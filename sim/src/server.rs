@@ -57,6 +57,17 @@ pub struct SimConfig {
     pub api_key: Option<String>,
     /// Context window reported in `/v1/models` and enforced on requests.
     pub max_model_len: u32,
+    /// Prefill compute per engine in prompt tokens per second: each request's *uncached*
+    /// prompt tokens take `tokens / rate` of a FCFS lane, on top of `ttft_ms`. `0` = prefill
+    /// time does not depend on the prompt (only `ttft_ms`).
+    pub prefill_tokens_per_second: f64,
+    /// Speed of this replica relative to the flags: decode and prefill rates are
+    /// multiplied by it, `ttft_ms` divided by it (0.5 = half as fast).
+    pub speed_factor: f64,
+    /// KV-cache block size in tokens (vLLM `--block-size`, default 16).
+    pub block_size: u64,
+    /// Automatic prefix caching (vLLM V1's default; `--no-enable-prefix-caching` turns it off).
+    pub prefix_caching: bool,
 }
 
 impl Default for SimConfig {
@@ -73,6 +84,10 @@ impl Default for SimConfig {
             seed: 42,
             api_key: None,
             max_model_len: 32768,
+            prefill_tokens_per_second: 0.0,
+            speed_factor: 1.0,
+            block_size: metrics::BLOCK_SIZE,
+            prefix_caching: true,
         }
     }
 }
@@ -121,10 +136,12 @@ pub fn router(cfg: SimConfig) -> Router {
             let metrics = ModelMetrics::new(m, token_buckets, created);
             (
                 m.clone(),
-                Arc::new(Engine::new(
+                Arc::new(Engine::with_cache(
                     metrics,
                     cfg.max_concurrency,
                     cfg.kv_cache_tokens,
+                    cfg.block_size,
+                    cfg.prefix_caching,
                 )),
             )
         })
@@ -335,7 +352,12 @@ async fn metrics_page(State(sim): State<Arc<Sim>>) -> Response {
         .map(|(_, e)| (&e.metrics, e.gauges()))
         .collect();
     let mut body = metrics::render(&list);
-    metrics::render_cache_config_info(&mut body, sim.cfg.kv_cache_tokens);
+    metrics::render_cache_config_info(
+        &mut body,
+        sim.cfg.kv_cache_tokens,
+        sim.cfg.block_size,
+        sim.cfg.prefix_caching,
+    );
     sim.http.render(&mut body);
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
@@ -385,6 +407,9 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 struct Message {
+    /// Any JSON; only a string role is used (for the simulated chat template).
+    #[serde(default)]
+    role: Option<serde_json::Value>,
     #[serde(default)]
     content: Option<serde_json::Value>,
 }
@@ -593,6 +618,8 @@ async fn generate(
     let seed = cfg.seed ^ req.seed.map_or(0, text::mix64);
     // A refusal-judge prompt of llm-gateway gets a one-word verdict (crate::judge).
     let mut judge_verdict = None;
+    // Token ids of a single prompt, for the prefix cache (approximate, see `prefix`).
+    let prompt_ids: Option<Vec<u64>>;
     let prompts = match kind {
         Kind::Chat if responses => {
             let Some(input) = &req.input else {
@@ -615,6 +642,10 @@ async fn generate(
                 }
                 _ => return bad_request("input must be a string or a list of input items"),
             }
+            let mut ids = Vec::new();
+            crate::prefix::push_text(&mut ids, &all);
+            ids.extend_from_slice(&crate::prefix::chat_tokens(std::iter::empty()));
+            prompt_ids = Some(ids);
             vec![Prompt {
                 hash: text::hash_bytes(seed, all.as_bytes()),
                 tokens: text::CHAT_PROMPT_OVERHEAD.saturating_add(text::estimate_tokens(&all)),
@@ -631,17 +662,29 @@ async fn generate(
             };
             let mut all = String::new();
             let mut tokens = text::CHAT_PROMPT_OVERHEAD;
+            let mut spans = Vec::with_capacity(messages.len());
             for m in messages {
                 let start = all.len();
                 if let Some(c) = &m.content {
                     content_text(c, &mut all);
                 }
+                spans.push((start, all.len()));
                 tokens = tokens
                     .saturating_add(text::estimate_tokens(&all[start..]))
                     .saturating_add(text::CHAT_MESSAGE_OVERHEAD);
                 all.push('\n');
             }
             judge_verdict = crate::judge::answer(&all);
+            prompt_ids = Some(crate::prefix::chat_tokens(messages.iter().zip(&spans).map(
+                |(m, (a, b))| {
+                    let role = m
+                        .role
+                        .as_ref()
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("user");
+                    (role, &all[*a..*b])
+                },
+            )));
             vec![Prompt {
                 hash: text::hash_bytes(seed, all.as_bytes()),
                 tokens,
@@ -657,7 +700,18 @@ async fn generate(
                 );
             };
             match completion_prompts(p, seed) {
-                Ok(v) => v,
+                Ok(v) => {
+                    prompt_ids = match p {
+                        serde_json::Value::String(s) => Some(crate::prefix::completion_tokens(s)),
+                        serde_json::Value::Array(ids)
+                            if ids.iter().all(serde_json::Value::is_u64) =>
+                        {
+                            Some(ids.iter().filter_map(serde_json::Value::as_u64).collect())
+                        }
+                        _ => None,
+                    };
+                    v
+                }
                 Err(msg) => return bad_request(msg),
             }
         }
@@ -807,6 +861,24 @@ async fn generate(
     }
     let tps =
         header_parse::<f64>(&headers, "x-sim-tokens-per-second").unwrap_or(cfg.tokens_per_second);
+    let speed = if cfg.speed_factor.is_finite() && cfg.speed_factor > 0.0 {
+        cfg.speed_factor
+    } else {
+        1.0
+    };
+    let bs = usize::try_from(engine.block_size()).unwrap_or(16);
+    let prompt_hashes: std::sync::Arc<[u64]> = match (&prompt_ids, engine.caching()) {
+        (Some(ids), true) => crate::prefix::block_hashes(ids, bs).into(),
+        _ => std::sync::Arc::from(Vec::new()),
+    };
+    // The answer's blocks are cached for chat text answers (resent as an assistant
+    // message in the next turn); tool calls and the Responses API keep only the prompt.
+    let cache_answer = kind == Kind::Chat
+        && !responses
+        && tool_call.is_none()
+        && engine.caching()
+        && prompt_ids.is_some();
+    let prompt_ids = if engine.caching() { prompt_ids } else { None };
     let base_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -844,9 +916,16 @@ async fn generate(
         n,
         include_usage,
         continuous_usage,
-        prefill: Duration::from_millis(ttft_ms),
+        prefill: Duration::from_secs_f64(ttft_ms as f64 / 1000.0 / speed),
         tokens_per_second: if tps.is_finite() && tps > 0.0 {
-            tps
+            tps * speed
+        } else {
+            0.0
+        },
+        prefill_tokens_per_second: if cfg.prefill_tokens_per_second.is_finite()
+            && cfg.prefill_tokens_per_second > 0.0
+        {
+            cfg.prefill_tokens_per_second * speed
         } else {
             0.0
         },
@@ -854,8 +933,13 @@ async fn generate(
         params_max_tokens,
         responses,
         logprobs,
+        prompt_ids,
+        prompt_hashes,
+        cache_answer,
     };
-    let instant = plan.prefill.is_zero() && plan.tokens_per_second == 0.0;
+    let instant = plan.prefill.is_zero()
+        && plan.tokens_per_second == 0.0
+        && plan.prefill_tokens_per_second == 0.0;
 
     if !stream {
         let mut out = Out::collect(plan.choices.len());

@@ -240,7 +240,7 @@ async fn metrics_names_types_labels_buckets() {
         Some(6.0)
     );
     assert!(page.contains(
-        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"False\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"4096\",engine=\"0\"} 1.0\n"
+        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",gpu_memory_utilization=\"0.9\",num_gpu_blocks=\"4096\",engine=\"0\"} 1.0\n"
     ));
     assert_eq!(
         metric(
@@ -617,4 +617,173 @@ fn env_vars_configure_flags() {
         err.contains("--error-ratio must be between 0 and 1"),
         "{err}"
     );
+}
+
+/// Automatic prefix caching: the counters count tokens like vLLM (queries = prompt tokens,
+/// hits = whole cached blocks, at most prompt - 1 tokens), only a shared *prefix* hits,
+/// and prefill time follows the uncached tokens (`--prefill-tokens-per-second`).
+#[tokio::test]
+async fn prefix_cache_counters_and_prefill_timing() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "0",
+        "--tokens-per-second",
+        "0",
+        "--prefill-tokens-per-second",
+        "4000",
+        "--max-tokens-default",
+        "1",
+    ]);
+    let c = client();
+    // ~4000 tokens of system prompt: 16000 characters.
+    let system: String = "abcd".repeat(4000);
+    let body = |sys: &str, user: &str| {
+        serde_json::json!({"messages": [
+            {"role": "system", "content": sys},
+            {"role": "user", "content": user},
+        ]})
+        .to_string()
+    };
+    let q = series("vllm:prefix_cache_queries_total");
+    let h = series("vllm:prefix_cache_hits_total");
+    let cached = series("vllm:prompt_tokens_cached_total");
+
+    let t = Instant::now();
+    let (s, _, b1) = post(&c, &sim.url(CHAT), &body(&system, "first question"), &[]).await;
+    let cold = t.elapsed();
+    assert_eq!(s, 200, "{b1}");
+    let v: serde_json::Value = serde_json::from_str(&b1).unwrap();
+    let p1 = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    // 3 + (4 + 4000) + (4 + 4) tokens.
+    assert_eq!(p1, 4015);
+    // Nothing cached yet: the whole prompt is prefilled at 4000 tokens/s.
+    assert!(
+        cold >= Duration::from_millis(950),
+        "cold prefill took {cold:?}"
+    );
+    let page = scrape(&c, &sim).await;
+    assert_eq!(metric(&page, &q), Some(4015.0));
+    assert_eq!(metric(&page, &h), Some(0.0));
+
+    // Same system prompt, another question: every full block of the shared prefix hits.
+    let t = Instant::now();
+    let (s, _, b2) = post(&c, &sim.url(CHAT), &body(&system, "second question!"), &[]).await;
+    let warm = t.elapsed();
+    assert_eq!(s, 200, "{b2}");
+    let page = scrape(&c, &sim).await;
+    let p2 = 4015.0;
+    assert_eq!(metric(&page, &q), Some(4015.0 + p2));
+    // The system message ends at token 3 + 3 + 4000 + 1 = 4007: 250 whole blocks (4000
+    // tokens) are shared; block 251 holds the end marker and the user message header.
+    let hits = metric(&page, &h).unwrap();
+    assert_eq!(hits, 4000.0, "{page}");
+    assert_eq!(metric(&page, &cached), Some(hits));
+    assert!(
+        warm < cold / 2,
+        "warm request ({warm:?}) should prefill ~15 tokens, cold took {cold:?}"
+    );
+
+    // A different first block: nothing hits, although the rest is the same.
+    let mut other = system.clone();
+    other.replace_range(0..4, "zzzz");
+    let (s, _, _) = post(&c, &sim.url(CHAT), &body(&other, "first question"), &[]).await;
+    assert_eq!(s, 200);
+    let page = scrape(&c, &sim).await;
+    assert_eq!(metric(&page, &h), Some(4000.0));
+    assert_eq!(metric(&page, &q), Some(3.0 * 4015.0));
+    // Idle engine: cached blocks are free (evictable), so the usage is 0 like vLLM's.
+    assert_eq!(
+        metric(&page, &series("vllm:kv_cache_usage_perc")),
+        Some(0.0)
+    );
+}
+
+/// The next turn of a conversation resends the answer: it hits the blocks of the previous
+/// prompt *and* answer. Turning caching off keeps both counters at 0 (like vLLM).
+#[tokio::test]
+async fn next_turn_hits_prompt_and_answer() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "0",
+        "--tokens-per-second",
+        "0",
+        "--max-tokens-default",
+        "200",
+    ]);
+    let off = Sim::start(&[
+        "--ttft-ms",
+        "0",
+        "--tokens-per-second",
+        "0",
+        "--no-enable-prefix-caching",
+    ]);
+    let c = client();
+    let first = serde_json::json!({"messages": [
+        {"role": "system", "content": "x".repeat(400)},
+        {"role": "user", "content": "tell me a story"},
+    ]});
+    let (s, _, b) = post(&c, &sim.url(CHAT), &first.to_string(), &[]).await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let p1 = v["usage"]["prompt_tokens"].as_f64().unwrap();
+    let mut msgs = first["messages"].as_array().unwrap().clone();
+    msgs.push(serde_json::json!({"role": "assistant", "content": answer}));
+    msgs.push(serde_json::json!({"role": "user", "content": "and then?"}));
+    let second = serde_json::json!({ "messages": msgs }).to_string();
+    let (s, _, b) = post(&c, &sim.url(CHAT), &second, &[]).await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let p2 = v["usage"]["prompt_tokens"].as_f64().unwrap();
+    let page = scrape(&c, &sim).await;
+    let hits = metric(&page, &series("vllm:prefix_cache_hits_total")).unwrap();
+    // More than the first prompt hit: the answer's blocks were cached too.
+    assert!(hits > p1, "hits {hits}, first prompt {p1}");
+    assert!(
+        hits <= p2 - 1.0 && hits % 16.0 == 0.0,
+        "hits {hits}, prompt {p2}"
+    );
+
+    for _ in 0..2 {
+        let (s, _, _) = post(&c, &off.url(CHAT), &first.to_string(), &[]).await;
+        assert_eq!(s, 200);
+    }
+    let page = scrape(&c, &off).await;
+    assert_eq!(
+        metric(&page, &series("vllm:prefix_cache_queries_total")),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&page, &series("vllm:prefix_cache_hits_total")),
+        Some(0.0)
+    );
+    assert!(page.contains("enable_prefix_caching=\"False\""));
+}
+
+/// `--speed-factor 0.5`: the same request takes about twice as long.
+#[tokio::test]
+async fn speed_factor_slows_decode_and_prefill() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "100",
+        "--tokens-per-second",
+        "100",
+        "--max-tokens-default",
+        "20",
+        "--speed-factor",
+        "0.5",
+    ]);
+    let c = client();
+    let t = Instant::now();
+    let (s, _, _) = post(
+        &c,
+        &sim.url(CHAT),
+        r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Full speed: 100 ms + 19 steps of 10 ms = 290 ms; half speed: 580 ms.
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(560), "took {took:?}");
 }

@@ -12,7 +12,10 @@ use sim::loadgen::{self, Endpoint, Options, Scenario};
 /// Scenario defaults: steady = open loop 20 req/s for 30 s; latency-spike = 50 workers,
 /// 180 s, max_tokens 2048; kv-cache = 10 requests of ~3000 prompt tokens, 5 workers;
 /// refusal-storm / error-storm = 10 workers, 60 s, half the requests forced to refuse / fail;
-/// engine-death = open loop 2 req/s for 60 s, the first request kills the engine (vllm-sim).
+/// engine-death = open loop 2 req/s for 60 s, the first request kills the engine (vllm-sim);
+/// sessions = 1 new conversation/s for 60 s, 6 turns each resending the history (system
+/// prompt of --prompt-tokens 1500 shared by all), --metrics-url per replica for the
+/// prefix-cache hit rate.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
 struct Cli {
@@ -76,6 +79,37 @@ struct Cli {
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
+    /// sessions: turns per conversation.
+    #[arg(long, default_value_t = 6, env = "LOADGEN_TURNS")]
+    turns: u32,
+    /// sessions: user message length in tokens, `MIN-MAX`.
+    #[arg(long, default_value = "50-200", env = "LOADGEN_USER_TOKENS")]
+    user_tokens: String,
+    /// sessions: answer length in tokens, `MIN-MAX` (max_tokens and x-sim-output-tokens).
+    #[arg(long, default_value = "100-300", env = "LOADGEN_ANSWER_TOKENS")]
+    answer_tokens: String,
+    /// sessions: pause between an answer and the next turn in ms, `MIN-MAX`.
+    #[arg(long, default_value = "500-1500", env = "LOADGEN_THINK_MS")]
+    think_ms: String,
+    /// sessions: a server's /metrics URL to read prefix-cache hits and requests from
+    /// (repeat per replica).
+    #[arg(long = "metrics-url")]
+    metrics_urls: Vec<String>,
+}
+
+/// `MIN-MAX` or a single number.
+fn range(flag: &str, v: &str) -> anyhow::Result<(u64, u64)> {
+    let parse = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .with_context(|| format!("--{flag} {v:?}: expected MIN-MAX"))
+    };
+    let (lo, hi) = match v.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(v)?, parse(v)?),
+    };
+    anyhow::ensure!(lo <= hi, "--{flag} {v:?}: MIN must not exceed MAX");
+    Ok((lo, hi))
 }
 
 impl Cli {
@@ -106,6 +140,22 @@ impl Cli {
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             drain: Duration::from_secs(self.drain_secs),
             progress: !self.quiet,
+            shape: {
+                let small = |(a, b): (u64, u64)| {
+                    (
+                        u32::try_from(a).unwrap_or(u32::MAX),
+                        u32::try_from(b).unwrap_or(u32::MAX),
+                    )
+                };
+                sim::loadgen::sessions::SessionShape {
+                    turns: self.turns,
+                    system_tokens: self.prompt_tokens.unwrap_or(d.prompt_tokens),
+                    user_tokens: small(range("user-tokens", &self.user_tokens)?),
+                    answer_tokens: small(range("answer-tokens", &self.answer_tokens)?),
+                    think_ms: range("think-ms", &self.think_ms)?,
+                }
+            },
+            metrics_urls: self.metrics_urls.clone(),
         })
     }
 }

@@ -51,6 +51,23 @@ struct Cli {
     /// Context window (max prompt + completion tokens).
     #[arg(long, env = "VLLM_SIM_MAX_MODEL_LEN", default_value_t = 32768)]
     max_model_len: u32,
+    /// Prefill compute in uncached prompt tokens per second, shared FCFS by the engine's
+    /// requests and added to --ttft-ms (0 = prefill time is --ttft-ms only).
+    #[arg(
+        long,
+        env = "VLLM_SIM_PREFILL_TOKENS_PER_SECOND",
+        default_value_t = 0.0
+    )]
+    prefill_tokens_per_second: f64,
+    /// Speed of this replica: decode and prefill rates x F, --ttft-ms / F (0.5 = half as fast).
+    #[arg(long, env = "VLLM_SIM_SPEED_FACTOR", default_value_t = 1.0)]
+    speed_factor: f64,
+    /// KV-cache block size in tokens (vLLM --block-size).
+    #[arg(long, env = "VLLM_SIM_BLOCK_SIZE", default_value_t = 16)]
+    block_size: u64,
+    /// Turn automatic prefix caching off (vLLM --no-enable-prefix-caching).
+    #[arg(long, env = "VLLM_SIM_NO_PREFIX_CACHING")]
+    no_enable_prefix_caching: bool,
 }
 
 impl Cli {
@@ -68,6 +85,18 @@ impl Cli {
             self.tokens_per_second.is_finite() && self.tokens_per_second >= 0.0,
             "--tokens-per-second must be >= 0"
         );
+        anyhow::ensure!(
+            self.prefill_tokens_per_second.is_finite() && self.prefill_tokens_per_second >= 0.0,
+            "--prefill-tokens-per-second must be >= 0"
+        );
+        anyhow::ensure!(
+            self.speed_factor.is_finite() && self.speed_factor > 0.0,
+            "--speed-factor must be > 0"
+        );
+        anyhow::ensure!(
+            (1..=1024).contains(&self.block_size),
+            "--block-size must be between 1 and 1024"
+        );
         let models: Vec<String> = self.models.into_iter().filter(|m| !m.is_empty()).collect();
         anyhow::ensure!(!models.is_empty(), "at least one --model is required");
         Ok(SimConfig {
@@ -82,6 +111,10 @@ impl Cli {
             seed: self.seed,
             api_key: self.api_key.filter(|k| !k.is_empty()),
             max_model_len: self.max_model_len.max(16),
+            prefill_tokens_per_second: self.prefill_tokens_per_second,
+            speed_factor: self.speed_factor,
+            block_size: self.block_size,
+            prefix_caching: !self.no_enable_prefix_caching,
         })
     }
 }
@@ -128,7 +161,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = err.flush();
     }
     tracing::info!(models = ?cfg.models, ttft_ms = cfg.ttft_ms, tokens_per_second = cfg.tokens_per_second,
-        max_concurrency = cfg.max_concurrency, kv_cache_tokens = cfg.kv_cache_tokens, "vllm-sim ready");
+        max_concurrency = cfg.max_concurrency, kv_cache_tokens = cfg.kv_cache_tokens,
+        prefill_tokens_per_second = cfg.prefill_tokens_per_second, speed_factor = cfg.speed_factor,
+        prefix_caching = cfg.prefix_caching, "vllm-sim ready");
     // Shutdown phases: (1) signal → stop accepting, (2) let in-flight requests finish,
     // (3) after DRAIN_SECS give up on the rest and exit.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();

@@ -10,6 +10,7 @@
 //! Every run is bounded by `duration` and optionally `requests`; requests still in flight
 //! at the end get a grace period (`drain`), then count as `unfinished`.
 
+pub mod sessions;
 pub mod sse;
 pub mod stats;
 
@@ -43,6 +44,9 @@ pub enum Scenario {
     /// The first request kills the engine (`x-sim-behavior: engine-death`); the traffic
     /// that follows meets a dead engine (bare 500s from vllm-sim, `/health` 503).
     EngineDeath,
+    /// Multi-turn conversations resending their history, started open loop at `rate`
+    /// conversations per second (see [`sessions`]).
+    Sessions,
 }
 
 /// Which endpoint to call.
@@ -84,6 +88,7 @@ impl Scenario {
             Scenario::RefusalStorm => "refusal-storm",
             Scenario::ErrorStorm => "error-storm",
             Scenario::EngineDeath => "engine-death",
+            Scenario::Sessions => "sessions",
         }
     }
 
@@ -145,13 +150,27 @@ impl Scenario {
                 prompt_tokens: 50,
                 share: 0.0,
             },
+            // rate = conversations per second; concurrency = conversations at once;
+            // prompt_tokens = the shared system prompt; max_tokens is per turn (random).
+            Scenario::Sessions => Defaults {
+                concurrency: 256,
+                duration_secs: 60,
+                requests: None,
+                rate: Some(1.0),
+                max_tokens: 300,
+                prompt_tokens: 1500,
+                share: 0.0,
+            },
         }
     }
 
     fn open_loop(self) -> bool {
         // engine-death is open loop: a dead engine answers at once, a closed loop would
         // spin as fast as the machine allows.
-        matches!(self, Scenario::Steady | Scenario::EngineDeath)
+        matches!(
+            self,
+            Scenario::Steady | Scenario::EngineDeath | Scenario::Sessions
+        )
     }
 }
 
@@ -211,6 +230,10 @@ pub struct Options {
     pub drain: Duration,
     /// Print a progress line on stderr.
     pub progress: bool,
+    /// Conversation shape (`sessions`).
+    pub shape: sessions::SessionShape,
+    /// `/metrics` URLs scraped before and after the run (`sessions`: hit rate, balance).
+    pub metrics_urls: Vec<String>,
 }
 
 /// Base URL without trailing `/` or `/v1`.
@@ -360,7 +383,7 @@ async fn one(sh: &Shared, i: u64, start: Instant) -> Sample {
         finish_reason: None,
         refusal: false,
     };
-    let fut = exchange(rb, sh.opts.stream, start, &mut sample);
+    let fut = exchange(rb, sh.opts.stream, start, &mut sample, None);
     if tokio::time::timeout(sh.opts.timeout, fut).await.is_err() {
         sample.outcome = Outcome::Timeout;
     }
@@ -368,7 +391,13 @@ async fn one(sh: &Shared, i: u64, start: Instant) -> Sample {
     sample
 }
 
-async fn exchange(rb: reqwest::RequestBuilder, stream: bool, start: Instant, s: &mut Sample) {
+async fn exchange(
+    rb: reqwest::RequestBuilder,
+    stream: bool,
+    start: Instant,
+    s: &mut Sample,
+    mut full: Option<&mut String>,
+) {
     let resp = match rb.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -401,6 +430,9 @@ async fn exchange(rb: reqwest::RequestBuilder, stream: bool, start: Instant, s: 
                 }
                 s.finish_reason = info.finish_reason;
                 s.refusal = sse::looks_like_refusal(&info.text);
+                if let Some(f) = full.as_deref_mut() {
+                    f.push_str(&info.text);
+                }
             }
             Err(_) => s.outcome = Outcome::Transport,
         }
@@ -430,6 +462,9 @@ async fn exchange(rb: reqwest::RequestBuilder, stream: bool, start: Instant, s: 
                 chunks_with_text += 1;
                 if head.len() < 200 {
                     head.push_str(&info.text);
+                }
+                if let Some(f) = full.as_deref_mut() {
+                    f.push_str(&info.text);
                 }
             }
             if info.finish_reason.is_some() && s.finish_reason.is_none() {
@@ -523,6 +558,9 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
         Endpoint::Chat => "/v1/chat/completions",
         Endpoint::Completions => "/v1/completions",
     };
+    if opts.scenario == Scenario::Sessions {
+        return run_sessions(opts, client, base, model, path).await;
+    }
     let (normal, special) = templates(&opts, &model);
     let sh = Arc::new(Shared {
         client,
@@ -652,6 +690,230 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
             unfinished,
         },
     );
+    Ok(summary)
+}
+
+/// Scrape every `/metrics` URL once (a failed scrape gives zeros and is counted).
+async fn scrape_all(
+    client: &reqwest::Client,
+    urls: &[String],
+) -> (Vec<sessions::ServerCounters>, u64) {
+    let mut out = Vec::with_capacity(urls.len());
+    let mut errors = 0;
+    for u in urls {
+        let page = async {
+            let r = client.get(u).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.text().await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(10), page).await {
+            Ok(Some(p)) => out.push(sessions::parse_counters(&p)),
+            _ => {
+                errors += 1;
+                out.push(sessions::ServerCounters::default());
+            }
+        }
+    }
+    (out, errors)
+}
+
+/// One conversation, turn after turn, until done, failed or past the hard deadline.
+/// Returns whether every turn succeeded.
+async fn one_session(
+    sh: &Shared,
+    mut conv: sessions::Conversation,
+    model: &str,
+    hard_deadline: Instant,
+) -> bool {
+    while !conv.done() {
+        let turn = conv.next_turn(model, sh.opts.stream);
+        let mut rb = sh
+            .client
+            .post(&sh.url)
+            .header("content-type", "application/json")
+            .header("x-sim-output-tokens", turn.answer_tokens.to_string())
+            .body(serde_json::to_vec(&turn.body).unwrap_or_default());
+        if let Some(k) = &sh.opts.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        for (k, v) in &sh.opts.headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let start = Instant::now();
+        let mut sample = Sample {
+            outcome: Outcome::Ok,
+            latency_s: 0.0,
+            ttft_s: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            refusal: false,
+        };
+        let mut answer = String::new();
+        sh.sent.fetch_add(1, Ordering::Relaxed);
+        sh.in_flight.fetch_add(1, Ordering::Relaxed);
+        let fut = exchange(rb, sh.opts.stream, start, &mut sample, Some(&mut answer));
+        let limit = sh
+            .opts
+            .timeout
+            .min(hard_deadline.saturating_duration_since(start));
+        if tokio::time::timeout(limit, fut).await.is_err() {
+            sample.outcome = Outcome::Timeout;
+        }
+        sample.latency_s = start.elapsed().as_secs_f64();
+        sh.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let ok = sample.outcome == Outcome::Ok;
+        sh.record(sample);
+        if !ok {
+            return false;
+        }
+        conv.record_answer(answer);
+        if !conv.done() {
+            let wake = Instant::now() + Duration::from_millis(conv.think_ms());
+            if wake >= hard_deadline {
+                return false;
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+    true
+}
+
+/// The `sessions` scenario (see [`sessions`]).
+async fn run_sessions(
+    opts: Options,
+    client: reqwest::Client,
+    base: String,
+    model: String,
+    path: &str,
+) -> Result<Summary, LoadgenError> {
+    if opts.endpoint != Endpoint::Chat {
+        return Err(LoadgenError::Invalid(
+            "sessions needs --endpoint chat".into(),
+        ));
+    }
+    if opts.shape.turns == 0 {
+        return Err(LoadgenError::Invalid("--turns must be at least 1".into()));
+    }
+    let (before, mut scrape_errors) = scrape_all(&client, &opts.metrics_urls).await;
+    let system = Arc::<str>::from(sessions::system_prompt(opts.prompt_tokens));
+    let sh = Arc::new(Shared {
+        client: client.clone(),
+        url: format!("{base}{path}"),
+        normal: Vec::new(),
+        special: Vec::new(),
+        opts: opts.clone(),
+        collector: Mutex::new(Collector::default()),
+        sent: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+    });
+    let t0 = Instant::now();
+    let deadline = t0 + opts.duration;
+    let hard_deadline = deadline + opts.drain;
+    let progress = opts.progress.then(|| {
+        let sh = Arc::clone(&sh);
+        tokio::spawn(async move {
+            let every = Duration::from_secs(5);
+            let mut tick = tokio::time::interval_at(t0 + every, every);
+            loop {
+                tick.tick().await;
+                let line = progress_line(&sh, t0.elapsed().as_secs_f64());
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{line}");
+            }
+        })
+    });
+    let active = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut started, mut skipped) = (0u64, 0u64);
+    let period = Duration::from_secs_f64(1.0 / opts.rate);
+    let budget = opts.requests.unwrap_or(u64::MAX);
+    let mut i: u64 = 0;
+    while i < budget {
+        let sched = t0 + period.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+        if sched >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(sched).await;
+        if active.load(Ordering::Relaxed) >= opts.concurrency as u64 {
+            skipped += 1;
+            i += 1;
+            continue;
+        }
+        started += 1;
+        active.fetch_add(1, Ordering::Relaxed);
+        let conv = sessions::Conversation::new(i, &system, opts.shape);
+        let (sh2, model2) = (Arc::clone(&sh), model.clone());
+        let (active2, completed2, failed2) = (
+            Arc::clone(&active),
+            Arc::clone(&completed),
+            Arc::clone(&failed),
+        );
+        tasks.spawn(async move {
+            let ok = one_session(&sh2, conv, &model2, hard_deadline).await;
+            active2.fetch_sub(1, Ordering::Relaxed);
+            if ok {
+                completed2.fetch_add(1, Ordering::Relaxed);
+            } else {
+                failed2.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        i += 1;
+    }
+    let drained = tokio::time::timeout_at(hard_deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        let _ = p.await;
+    }
+    // Let the servers finish their bookkeeping of the last requests.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (after, e2) = scrape_all(&client, &opts.metrics_urls).await;
+    scrape_errors += e2;
+    let unfinished_requests = sh.in_flight.load(Ordering::Relaxed);
+    let collector = match sh.collector.lock() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(p) => std::mem::take(&mut *p.into_inner()),
+    };
+    let mut summary = Summary::build(
+        collector,
+        stats::RunInfo {
+            scenario: opts.scenario.name().to_owned(),
+            target: base,
+            model,
+            stream: opts.stream,
+            duration_secs: elapsed,
+            target_rps: None,
+            skipped,
+            unfinished: unfinished_requests,
+        },
+    );
+    let done_ok = completed.load(Ordering::Relaxed);
+    let done_failed = failed.load(Ordering::Relaxed);
+    let mut st = sessions::SessionStats {
+        started,
+        completed: done_ok,
+        failed: done_failed,
+        unfinished: started.saturating_sub(done_ok + done_failed),
+        turns: opts.shape.turns,
+        scrape_errors,
+        ..sessions::SessionStats::default()
+    };
+    st.from_scrapes(&opts.metrics_urls, &before, &after);
+    summary.sessions = Some(st);
     Ok(summary)
 }
 

@@ -198,6 +198,9 @@ pub struct Summary {
     pub skipped: u64,
     /// Requests still in flight when the drain period ended (not in `requests`).
     pub unfinished: u64,
+    /// The `sessions` scenario's conversations, prefix-cache hit rate and balance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<super::sessions::SessionStats>,
 }
 
 impl Summary {
@@ -227,6 +230,7 @@ impl Summary {
             target_rps: run.target_rps,
             skipped: run.skipped,
             unfinished: run.unfinished,
+            sessions: None,
         }
     }
 
@@ -290,6 +294,28 @@ impl Summary {
         );
         if let Some(r) = self.target_rps {
             let _ = writeln!(s, "target rate   {r:.1} req/s");
+        }
+        if let Some(st) = &self.sessions {
+            let _ = writeln!(
+                s,
+                "sessions      {} started, {} completed, {} failed, {} unfinished ({} turns each)",
+                st.started, st.completed, st.failed, st.unfinished, st.turns
+            );
+            if let Some(h) = st.prefix_cache_hit_rate {
+                let _ = writeln!(s, "prefix cache  hit rate {:.1} %", h * 100.0);
+            }
+            if let Some(l) = st.load_max_over_mean {
+                let counts: Vec<String> = st
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{}", r.requests))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "balance       max/mean {l:.2} (requests per replica: {})",
+                    counts.join(", ")
+                );
+            }
         }
         s
     }
