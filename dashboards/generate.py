@@ -624,6 +624,7 @@ def gateway() -> Board:
 
     # Full refusals only: kind="partial" counts hedges (the event's refusal is false).
     mtf = mt + ', kind="full"'
+    mtp = mt + ', kind="partial"'
 
     def refusal_ratio(by: str = "") -> str:
         return f"{rate('llm_gateway_refusals_total', mtf, by)} / ({req(by)} > 0)"
@@ -973,6 +974,41 @@ def gateway() -> Board:
         ),
         12,
         8,
+    )
+
+    b.add(
+        505,
+        timeseries(
+            "Partial refusals (hedges) per request",
+            [
+                prom(
+                    f"{rate('llm_gateway_refusals_total', mtp, 'model')} / ({req('model')} > 0)",
+                    "{{model}}",
+                )
+            ],
+            "percentunit",
+            "kind=partial: a refusal cue with an answer after it; not counted as refusals.",
+        ),
+        12,
+        8,
+    )
+    b.add(
+        506,
+        timeseries(
+            "Refusal judge: verdicts and agreement with the detector",
+            [
+                prom(
+                    f"sum by (verdict, agreement) (rate(llm_gateway_refusal_judgements_total{{{m}}}[{RI}]))",
+                    "{{verdict}} / {{agreement}}",
+                )
+            ],
+            "ops",
+            "Only with [refusal.judge] on: sampled responses judged off the request path.",
+            stack=True,
+        ),
+        12,
+        8,
+        alerts=[("GatewayRefusalJudgeDisagrees", None), ("GatewayRefusalJudgeFailing", None)],
     )
 
     b.row(900, "Events in Loki")
