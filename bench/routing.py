@@ -418,7 +418,13 @@ def main():
     ap.add_argument("--date", default=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
     ap.add_argument("--note", action="append", default=[], help="a note for the report (repeatable)")
     ap.add_argument("--report-only", metavar="JSON")
+    ap.add_argument("--system-tokens", type=int, default=SESSIONS["system_tokens"],
+                    help="tokens of the system prompt shared by all conversations")
+    ap.add_argument("--turns", type=int, default=SESSIONS["turns"], help="turns per conversation")
+    ap.add_argument("--rate", type=float, default=SESSIONS["rate"], help="new conversations per second")
+    ap.add_argument("--name", default="", help="suffix of the results file (a workload variant)")
     a = ap.parse_args()
+    SESSIONS.update(system_tokens=a.system_tokens, turns=a.turns, rate=a.rate)
     if a.report_only:
         with open(a.report_only) as f:
             res = json.load(f)
@@ -468,7 +474,8 @@ def main():
         "method": method_text(a.secs, a.drain),
         "notes": a.note,
     }
-    base = os.path.join(BENCH, "results", f"routing-policies-{a.date}")
+    suffix = f"-{a.name}" if a.name else ""
+    base = os.path.join(BENCH, "results", f"routing-policies-{a.date}{suffix}")
     with open(base + ".json", "w") as f:
         json.dump(res, f, indent=1)
     with open(base + ".md", "w") as f:
