@@ -403,18 +403,6 @@ pub fn agrees(verdict: &str, detector_kind: Option<&str>) -> bool {
     )
 }
 
-/// `text` cut to at most `max` bytes at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 // ---------------------------------------------------------------------------
 // Run time
 // ---------------------------------------------------------------------------
@@ -548,7 +536,7 @@ impl Judge {
             return None;
         }
         let text = texts.iter().find(|t| !t.trim().is_empty())?;
-        let sent = cut(text, c.max_text_bytes);
+        let sent = crate::refusal::prefix(text, c.max_text_bytes);
         Some(JudgeText {
             truncated: sent.len() < text.len() || text.len() >= self.shared.scan_bytes,
             text: sent.to_owned(),
@@ -956,9 +944,9 @@ mod tests {
 
     #[test]
     fn cut_keeps_characters_whole() {
-        assert_eq!(cut("héllo", 2), "h");
-        assert_eq!(cut("héllo", 3), "hé");
-        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(crate::refusal::prefix("héllo", 2), "h");
+        assert_eq!(crate::refusal::prefix("héllo", 3), "hé");
+        assert_eq!(crate::refusal::prefix("abc", 10), "abc");
     }
 
     #[test]

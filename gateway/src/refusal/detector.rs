@@ -632,7 +632,7 @@ fn answer_follows_regex() -> Result<Regex, RefusalError> {
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a char boundary.
-fn prefix(text: &str, max: usize) -> &str {
+pub(crate) fn prefix(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

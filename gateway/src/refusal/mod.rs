@@ -120,6 +120,7 @@ mod weights;
 pub use config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
+pub(crate) use detector::prefix;
 pub use detector::{
     CONTENT_FILTER, DECISION_SCORE, Detector, PARTIAL_SCORE, RefusalError, RefusalKind, Signals,
     UPSTREAM_REFUSAL, Verdict, default_rules,

@@ -339,6 +339,48 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(
+        client: reqwest::Client,
+        url: String,
+        normal: Vec<Template>,
+        special: Vec<Template>,
+        opts: &Options,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            url,
+            normal,
+            special,
+            opts: opts.clone(),
+            collector: Mutex::new(Collector::default()),
+            sent: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Prints a progress line every second on a terminal (in place), every 5 s otherwise.
+    fn spawn_progress(self: &Arc<Self>, t0: Instant) -> tokio::task::JoinHandle<()> {
+        let sh = Arc::clone(self);
+        tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let every = Duration::from_secs(if tty { 1 } else { 5 });
+            let mut tick = tokio::time::interval_at(t0 + every, every);
+            loop {
+                tick.tick().await;
+                let line = progress_line(&sh, t0.elapsed().as_secs_f64());
+                let mut err = std::io::stderr().lock();
+                let _ = if tty {
+                    write!(err, "\r{line}\x1b[K")
+                } else {
+                    writeln!(err, "{line}")
+                };
+                let _ = err.flush();
+            }
+        })
+    }
+
     fn record(&self, s: Sample) {
         if s.outcome != Outcome::Ok {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -562,41 +604,12 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
         return run_sessions(opts, client, base, model, path).await;
     }
     let (normal, special) = templates(&opts, &model);
-    let sh = Arc::new(Shared {
-        client,
-        url: format!("{base}{path}"),
-        normal,
-        special,
-        opts: opts.clone(),
-        collector: Mutex::new(Collector::default()),
-        sent: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-    });
+    let sh = Shared::new(client, format!("{base}{path}"), normal, special, &opts);
 
     let t0 = Instant::now();
     let deadline = t0 + opts.duration;
     let hard_deadline = deadline + opts.drain;
-    let progress = opts.progress.then(|| {
-        let sh = Arc::clone(&sh);
-        tokio::spawn(async move {
-            let tty = std::io::stderr().is_terminal();
-            let every = Duration::from_secs(if tty { 1 } else { 5 });
-            let mut tick = tokio::time::interval_at(t0 + every, every);
-            loop {
-                tick.tick().await;
-                let line = progress_line(&sh, t0.elapsed().as_secs_f64());
-                let mut err = std::io::stderr().lock();
-                let _ = if tty {
-                    write!(err, "\r{line}\x1b[K")
-                } else {
-                    writeln!(err, "{line}")
-                };
-                let _ = err.flush();
-            }
-        })
-    });
+    let progress = opts.progress.then(|| sh.spawn_progress(t0));
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut skipped = 0u64;
@@ -799,34 +812,17 @@ async fn run_sessions(
     }
     let (before, mut scrape_errors) = scrape_all(&client, &opts.metrics_urls).await;
     let system = Arc::<str>::from(sessions::system_prompt(opts.prompt_tokens));
-    let sh = Arc::new(Shared {
-        client: client.clone(),
-        url: format!("{base}{path}"),
-        normal: Vec::new(),
-        special: Vec::new(),
-        opts: opts.clone(),
-        collector: Mutex::new(Collector::default()),
-        sent: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-    });
+    let sh = Shared::new(
+        client.clone(),
+        format!("{base}{path}"),
+        Vec::new(),
+        Vec::new(),
+        &opts,
+    );
     let t0 = Instant::now();
     let deadline = t0 + opts.duration;
     let hard_deadline = deadline + opts.drain;
-    let progress = opts.progress.then(|| {
-        let sh = Arc::clone(&sh);
-        tokio::spawn(async move {
-            let every = Duration::from_secs(5);
-            let mut tick = tokio::time::interval_at(t0 + every, every);
-            loop {
-                tick.tick().await;
-                let line = progress_line(&sh, t0.elapsed().as_secs_f64());
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{line}");
-            }
-        })
-    });
+    let progress = opts.progress.then(|| sh.spawn_progress(t0));
     let active = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
