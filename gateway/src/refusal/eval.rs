@@ -267,15 +267,9 @@ pub fn run_eval(
     let mut hits: BTreeMap<String, RuleHits> = BTreeMap::new();
     let mut rows = 0u64;
     for (n, line) in labeled.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
+        let Some(row) = parse_labeled_line(n, &line?)? else {
             continue;
-        }
-        let row: LabeledLine =
-            serde_json::from_str(&line).map_err(|e| RefusalError::BadLabeledLine {
-                line: n as u64 + 1,
-                message: e.to_string(),
-            })?;
+        };
         rows += 1;
         let v = det.detect(&Signals::default(), &row.text);
         let counts = match row.label {
@@ -314,6 +308,20 @@ pub struct LabeledRow {
     pub source: String,
 }
 
+/// One labelled JSON line (`n` counts from 0); `None` for a blank line. A
+/// malformed line is an error naming its line number.
+fn parse_labeled_line(n: usize, line: &str) -> Result<Option<LabeledLine>, RefusalError> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(line)
+        .map(Some)
+        .map_err(|e| RefusalError::BadLabeledLine {
+            line: n as u64 + 1,
+            message: e.to_string(),
+        })
+}
+
 /// Reads labelled JSON lines (`text`, `label`, optional `source`). A row
 /// without a source is grouped under `default_source`.
 pub fn read_labeled(
@@ -322,15 +330,9 @@ pub fn read_labeled(
 ) -> Result<Vec<LabeledRow>, RefusalError> {
     let mut rows = Vec::new();
     for (n, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
+        let Some(row) = parse_labeled_line(n, &line?)? else {
             continue;
-        }
-        let row: LabeledLine =
-            serde_json::from_str(&line).map_err(|e| RefusalError::BadLabeledLine {
-                line: n as u64 + 1,
-                message: e.to_string(),
-            })?;
+        };
         rows.push(LabeledRow {
             text: row.text,
             label: match row.label {

@@ -556,6 +556,19 @@ pub async fn discover_model(
         .ok_or_else(|| err("no model listed".into()))
 }
 
+/// Waits for the tasks, at most until `hard_deadline`; the ones still running
+/// then are aborted.
+async fn drain<T: 'static>(tasks: &mut tokio::task::JoinSet<T>, hard_deadline: Instant) {
+    let drained = tokio::time::timeout_at(hard_deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
 fn progress_line(sh: &Shared, elapsed: f64) -> String {
     let done = sh.done.load(Ordering::Relaxed);
     format!(
@@ -663,15 +676,7 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
             });
         }
     }
-    // Wait for the workers, at most until the hard deadline.
-    let drained = tokio::time::timeout_at(hard_deadline, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
+    drain(&mut tasks, hard_deadline).await;
     let elapsed = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p.abort();
@@ -862,14 +867,7 @@ async fn run_sessions(
         });
         i += 1;
     }
-    let drained = tokio::time::timeout_at(hard_deadline, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
+    drain(&mut tasks, hard_deadline).await;
     let elapsed = t0.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p.abort();
