@@ -45,7 +45,9 @@ POLICIES = ["round-robin", "least-in-flight", "load-aware", "prefix-affinity"]
 # Extra rows: prefix-affinity with a looser bound (`affinity_max_load_factor`), to show
 # what the bounded load costs and buys. NAME@FACTOR.
 EXTRA_POLICIES = ["prefix-affinity@2.0"]
-SKEW_POLICIES = ["least-in-flight", "load-aware"]
+# prefix-affinity too: its load bound counts the scraped queue, so conversations
+# whose endpoint is the queued replica should move off it.
+SKEW_POLICIES = ["least-in-flight", "load-aware", "prefix-affinity"]
 MODEL = "sim-model"
 
 # Replica model (see docs/benchmarks.md, "Routing"): a mid-size GPU serving an 8B model.
@@ -358,15 +360,16 @@ def render(res):
                      f"{fmt(m['e2e_p50_ms'])} ms | {fmt(m['e2e_p95_ms'])} ms | {fmt(m['hit_rate'], pct=True)} | "
                      f"{fmt(m['load_max_over_mean'], 2)} | {fmt(m['requests'])} | {fmt(m['errors'])} |")
     lines += ["", "## Skewed case: replica 0 has a long queue of long generations sent to it directly", "",
-              "| policy | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | e2e p99 | requests | errors |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| policy | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | e2e p99 | hit rate | requests | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for pol in SKEW_POLICIES:
         m = s.get("skewed", {}).get(pol)
         if not m:
-            lines.append(f"| {pol} | not measured | | | | | | |")
+            lines.append(f"| {pol} | not measured | | | | | | | |")
             continue
         lines.append(f"| {pol} | {fmt(m['ttft_p50_ms'])} ms | {fmt(m['ttft_p95_ms'])} ms | {fmt(m['e2e_p50_ms'])} ms | "
-                     f"{fmt(m['e2e_p95_ms'])} ms | {fmt(m['e2e_p99_ms'])} ms | {fmt(m['requests'])} | {fmt(m['errors'])} |")
+                     f"{fmt(m['e2e_p95_ms'])} ms | {fmt(m['e2e_p99_ms'])} ms | {fmt(m.get('hit_rate'), pct=True)} | "
+                     f"{fmt(m['requests'])} | {fmt(m['errors'])} |")
     lines += ["", "## Per window", "",
               "| case | policy | round | TTFT p95 | e2e p95 | hit rate | requests per replica | gateway picks by reason |",
               "|---|---|---|---|---|---|---|---|"]

@@ -20,10 +20,12 @@ pub mod reason {
     pub const LEAST_IN_FLIGHT: &str = "least_in_flight";
     /// `load-aware` with fresh scrapes of every candidate.
     pub const LOAD: &str = "load";
-    /// `prefix-affinity`: the endpoint the key hashes to first.
+    /// `prefix-affinity`: the endpoint holding the conversation's cache: the
+    /// one its previous request went to, else the one its key hashes to first.
     pub const AFFINITY: &str = "affinity";
-    /// `prefix-affinity`: the preferred endpoint was at its load bound (or
-    /// unhealthy); the next one in the key's hash order took it.
+    /// `prefix-affinity`: that endpoint was at its load bound (or unhealthy);
+    /// the next one in the key's hash order took it (and keeps the
+    /// conversation).
     pub const AFFINITY_FALLBACK: &str = "affinity_fallback";
     /// A second or later attempt after a connect error or a 502/503.
     pub const RETRY: &str = "retry";
@@ -71,6 +73,56 @@ pub fn hrw_weight(key: u64, endpoint_hash: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Slots of a [`LastEndpoint`] table (8 bytes each: 512 KiB per
+/// `prefix-affinity` pool).
+pub const LAST_ENDPOINT_SLOTS: usize = 1 << 16;
+
+/// Where each prefix-affinity conversation was last sent: the endpoint that
+/// holds its newest KV blocks, so a conversation that a load bound moved to
+/// another endpoint stays there instead of coming back to a cache that lacks
+/// its latest turns. A fixed-size, lock-free table, direct-mapped by key: a
+/// colliding key overwrites the slot, which only costs that conversation its
+/// memory (its next request goes by its hash order again). Each gateway
+/// replica has its own; with several, a conversation is still kept together
+/// by the hash order they share.
+#[derive(Debug)]
+pub struct LastEndpoint {
+    /// `(key >> 16) << 16 | (endpoint index + 1)`; 0 = empty.
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl Default for LastEndpoint {
+    fn default() -> Self {
+        Self {
+            slots: (0..LAST_ENDPOINT_SLOTS)
+                .map(|_| Default::default())
+                .collect(),
+        }
+    }
+}
+
+impl LastEndpoint {
+    fn slot(&self, key: u64) -> &std::sync::atomic::AtomicU64 {
+        &self.slots[key as usize & (LAST_ENDPOINT_SLOTS - 1)]
+    }
+
+    /// The endpoint index last recorded for `key`, if its slot still holds it.
+    pub fn get(&self, key: u64) -> Option<usize> {
+        let v = self.slot(key).load(std::sync::atomic::Ordering::Relaxed);
+        (v != 0 && v >> 16 == key >> 16).then(|| (v & 0xffff) as usize - 1)
+    }
+
+    /// Records that `key` was sent to endpoint `index` (pools of more than
+    /// 65,534 endpoints are not remembered past that index).
+    pub fn set(&self, key: u64, index: usize) {
+        if index < 0xffff {
+            let v = (key >> 16) << 16 | (index as u64 + 1);
+            self.slot(key)
+                .store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Where the affinity key of a request body is (byte ranges into `body`),
@@ -267,6 +319,27 @@ mod tests {
         // A null or empty `user` is no key.
         assert_eq!(key(r#"{"user":null}"#), None);
         assert_eq!(key(r#"{"user":""}"#), None);
+    }
+
+    #[test]
+    fn last_endpoint_remembers_and_collisions_forget() {
+        let t = LastEndpoint::default();
+        let a = 0x1234_5678_9abc_0001u64;
+        assert_eq!(t.get(a), None);
+        t.set(a, 0);
+        assert_eq!(t.get(a), Some(0));
+        t.set(a, 3);
+        assert_eq!(t.get(a), Some(3));
+        // Same slot (low 16 bits), other key: not mistaken for `a`, and
+        // recording it takes the slot.
+        let b = 0x9999_0000_0000_0001u64;
+        assert_eq!(t.get(b), None);
+        t.set(b, 1);
+        assert_eq!((t.get(a), t.get(b)), (None, Some(1)));
+        // Indexes that do not fit are not recorded.
+        let c = 0x42u64 << 40;
+        t.set(c, 0xffff);
+        assert_eq!(t.get(c), None);
     }
 
     #[test]

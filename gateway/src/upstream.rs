@@ -95,6 +95,8 @@ pub struct Pool {
     /// Interval of the `/metrics` scrape (`None`: no scrape).
     pub scrape_interval: Option<Duration>,
     pub affinity_max_load_factor: f64,
+    /// Where each conversation went last (`prefix-affinity` pools only).
+    last: Option<routing::LastEndpoint>,
 }
 
 impl Pool {
@@ -112,11 +114,15 @@ impl Pool {
     ///   any candidate has no fresh scrape (younger than
     ///   [`STALE_INTERVALS`] intervals), scraped values are ignored for all
     ///   (least in-flight);
-    /// - `prefix-affinity`: the candidates ordered by rendezvous hash of
-    ///   `key`; the first whose in-flight count is below
-    ///   `ceil(factor × (total in-flight of the candidates + 1) / candidates)`
-    ///   (consistent hashing with bounded loads: one always is). No key:
-    ///   least in-flight.
+    /// - `prefix-affinity`: the endpoint that served the key's previous
+    ///   request (else the key's home: the first in its rendezvous-hash
+    ///   order) while its load is below
+    ///   `ceil(factor × (total load of the candidates + 1) / candidates)`,
+    ///   load = in-flight + scraped `waiting` (in-flight only without fresh
+    ///   scrapes of all candidates, as above);
+    ///   else the first candidate in the key's hash order below that bound
+    ///   (consistent hashing with bounded loads: one always is), which the
+    ///   key then stays on. No key: least in-flight.
     ///
     /// Returns the index, the in-flight token and the routing reason.
     pub fn pick(
@@ -143,54 +149,78 @@ impl Pool {
                 .min_by_key(|&i| ep(i).in_flight())
                 .unwrap_or(first)
         };
+        // The last scrape of every candidate, if all are fresh (else None:
+        // scraped values are then ignored for all).
+        let fresh_loads = || -> Option<Vec<Load>> {
+            let now = tokio::time::Instant::now();
+            let max_age = self.scrape_interval? * STALE_INTERVALS;
+            cands
+                .iter()
+                .map(|&i| ep(i).scraped.fresh(now, max_age))
+                .collect()
+        };
         let (i, why) = match self.routing {
             RoutingPolicy::RoundRobin => (first, reason::ROUND_ROBIN),
             RoutingPolicy::LeastInFlight => (least(), reason::LEAST_IN_FLIGHT),
-            RoutingPolicy::LoadAware => {
-                let now = tokio::time::Instant::now();
-                let loads: Option<Vec<Load>> = self.scrape_interval.and_then(|d| {
-                    let max_age = d * STALE_INTERVALS;
-                    cands
-                        .iter()
-                        .map(|&i| ep(i).scraped.fresh(now, max_age))
-                        .collect()
-                });
-                match loads {
-                    Some(loads) => {
-                        let score = |k: usize| {
-                            let l = loads[k];
-                            ep(cands[k]).in_flight() as f64 + l.waiting + KV_WEIGHT * l.kv_usage
-                        };
-                        let mut best = 0;
-                        for k in 1..cands.len() {
-                            if score(k) < score(best) {
-                                best = k;
-                            }
+            RoutingPolicy::LoadAware => match fresh_loads() {
+                Some(loads) => {
+                    let score = |k: usize| {
+                        let l = loads[k];
+                        ep(cands[k]).in_flight() as f64 + l.waiting + KV_WEIGHT * l.kv_usage
+                    };
+                    let mut best = 0;
+                    for k in 1..cands.len() {
+                        if score(k) < score(best) {
+                            best = k;
                         }
-                        (cands[best], reason::LOAD)
                     }
-                    None => (least(), reason::LEAST_IN_FLIGHT),
+                    (cands[best], reason::LOAD)
                 }
-            }
+                None => (least(), reason::LEAST_IN_FLIGHT),
+            },
             RoutingPolicy::PrefixAffinity => match key {
                 None => (least(), reason::LEAST_IN_FLIGHT),
                 Some(key) => {
-                    let total: usize = cands.iter().map(|&i| ep(i).in_flight()).sum();
-                    let cap = (self.affinity_max_load_factor * (total + 1) as f64
-                        / cands.len() as f64)
-                        .ceil() as usize;
-                    let mut order = cands.clone();
-                    order.sort_unstable_by_key(|&i| {
-                        std::cmp::Reverse(routing::hrw_weight(key, ep(i).hrw))
-                    });
-                    // The key's home among all endpoints: an unhealthy or
-                    // tried home makes the pick a fallback too.
-                    let home = (0..n).max_by_key(|&i| routing::hrw_weight(key, ep(i).hrw));
-                    match order.iter().copied().find(|&i| ep(i).in_flight() < cap) {
-                        Some(i) if Some(i) == home => (i, reason::AFFINITY),
-                        Some(i) => (i, reason::AFFINITY_FALLBACK),
-                        None => (least(), reason::AFFINITY_FALLBACK),
+                    // Load = in flight from here + the scraped queue (traffic
+                    // from elsewhere queued on the replica counts too).
+                    let mut waiting = vec![0.0; n];
+                    if let Some(loads) = fresh_loads() {
+                        for (k, &i) in cands.iter().enumerate() {
+                            waiting[i] = loads[k].waiting;
+                        }
                     }
+                    let load = |i: usize| ep(i).in_flight() as f64 + waiting[i];
+                    let total: f64 = cands.iter().map(|&i| load(i)).sum();
+                    let cap =
+                        (self.affinity_max_load_factor * (total + 1.0) / cands.len() as f64).ceil();
+                    // Where the conversation's cache is: where it went last,
+                    // else its home among all endpoints. If that one is
+                    // unhealthy, tried or at the bound, the pick is a fallback.
+                    let last = self.last.as_ref().and_then(|t| t.get(key));
+                    let preferred = last.filter(|&i| i < n).unwrap_or_else(|| {
+                        (0..n)
+                            .max_by_key(|&i| routing::hrw_weight(key, ep(i).hrw))
+                            .unwrap_or(first)
+                    });
+                    let (i, why) = if cands.contains(&preferred) && load(preferred) < cap {
+                        (preferred, reason::AFFINITY)
+                    } else {
+                        let mut order = cands.clone();
+                        order.sort_unstable_by_key(|&i| {
+                            std::cmp::Reverse(routing::hrw_weight(key, ep(i).hrw))
+                        });
+                        let i = order
+                            .into_iter()
+                            .find(|&i| load(i) < cap)
+                            .unwrap_or_else(least);
+                        (i, reason::AFFINITY_FALLBACK)
+                    };
+                    if last != Some(i)
+                        && let Some(t) = &self.last
+                    {
+                        t.set(key, i);
+                    }
+                    (i, why)
                 }
             },
         };
@@ -318,6 +348,8 @@ impl Upstreams {
                 routing: p.routing,
                 scrape_interval: p.scrape_interval,
                 affinity_max_load_factor: p.affinity_max_load_factor,
+                last: (p.routing == RoutingPolicy::PrefixAffinity)
+                    .then(routing::LastEndpoint::default),
             }));
         }
         let configured = cfg
@@ -481,6 +513,7 @@ mod tests {
             routing: RoutingPolicy::LeastInFlight,
             scrape_interval: None,
             affinity_max_load_factor: 1.25,
+            last: None,
         }
     }
 
@@ -506,6 +539,7 @@ mod tests {
         Pool {
             routing,
             scrape_interval: Some(Duration::from_secs(1)),
+            last: (routing == RoutingPolicy::PrefixAffinity).then(routing::LastEndpoint::default),
             ..pool(n)
         }
     }
@@ -592,16 +626,78 @@ mod tests {
         }
         let max = *per.iter().max().unwrap();
         assert!(max <= 13, "bounded: ceil(1.25 × 40 / 4) = 13; {per:?}");
-        assert!(fallbacks >= 27, "{per:?}");
-        // Its home is unhealthy: the next in hash order, as a fallback.
+        assert!(per.iter().all(|&c| c > 0), "{per:?}");
+        // It moved each time its endpoint reached the bound, then stayed:
+        // without that memory, every pick past its home's 13 is a fallback.
+        assert!(
+            (3..=20).contains(&fallbacks),
+            "{fallbacks} fallbacks, {per:?}"
+        );
+        // Where it went last is where its cache is: it stays there once the
+        // load is gone, rather than going back to its hash home.
+        let last = held.last().unwrap().endpoint().label.clone();
         drop(held);
-        let home = p.pick(&[], Some(hot)).unwrap().0;
-        p.endpoints[home].healthy.store(false, Ordering::Relaxed);
+        let (now, _, why) = p.pick(&[], Some(hot)).unwrap();
+        assert_eq!(
+            (p.endpoints[now].label.as_str(), why),
+            (last.as_str(), reason::AFFINITY)
+        );
+        // That endpoint is unhealthy: the next in hash order, as a fallback.
+        p.endpoints[now].healthy.store(false, Ordering::Relaxed);
         let (next, _, why) = p.pick(&[], Some(hot)).unwrap();
-        assert_ne!(next, home);
+        assert_ne!(next, now);
         assert_eq!(why, reason::AFFINITY_FALLBACK);
+        // ... which keeps it after the first one is back.
+        p.endpoints[now].healthy.store(true, Ordering::Relaxed);
+        assert_eq!(p.pick(&[], Some(hot)).unwrap().0, next);
         // No key: least in-flight.
         assert_eq!(p.pick(&[], None).unwrap().2, reason::LEAST_IN_FLIGHT);
+    }
+
+    #[test]
+    fn prefix_affinity_counts_the_scraped_queue_in_its_bound() {
+        let p = with(4, RoutingPolicy::PrefixAffinity);
+        let k = routing::fnv1a(&[b"conversation"]);
+        let (home, f, why) = p.pick(&[], Some(k)).unwrap();
+        assert_eq!(why, reason::AFFINITY);
+        drop(f);
+        // Traffic from elsewhere queued 12 requests on its endpoint: total
+        // load 12, bound ceil(1.25 × 13 / 4) = 5.
+        let now = tokio::time::Instant::now();
+        let set = |waiting_on_home: f64, at| {
+            for (i, e) in p.endpoints.iter().enumerate() {
+                let waiting = if i == home { waiting_on_home } else { 0.0 };
+                e.scraped.set(Some((
+                    at,
+                    Load {
+                        waiting,
+                        kv_usage: 0.5,
+                    },
+                )));
+            }
+        };
+        set(12.0, now);
+        let (moved, f, why) = p.pick(&[], Some(k)).unwrap();
+        assert_ne!(moved, home);
+        assert_eq!(why, reason::AFFINITY_FALLBACK);
+        drop(f);
+        // The queue is gone: the conversation stays where its cache now is.
+        set(0.0, now);
+        let (now_on, _, why) = p.pick(&[], Some(k)).unwrap();
+        assert_eq!((now_on, why), (moved, reason::AFFINITY));
+        // Stale scrapes are ignored: in-flight counts alone bound the load.
+        let other = routing::fnv1a(&[b"another conversation"]);
+        let (its_home, f, _) = p.pick(&[], Some(other)).unwrap();
+        drop(f);
+        set(0.0, now - Duration::from_secs(10));
+        p.endpoints[its_home].scraped.set(Some((
+            now - Duration::from_secs(10),
+            Load {
+                waiting: 50.0,
+                kv_usage: 1.0,
+            },
+        )));
+        assert_eq!(p.pick(&[], Some(other)).unwrap().0, its_home);
     }
 
     #[test]

@@ -419,7 +419,8 @@ async fn prefix_affinity_falls_back_when_its_endpoint_is_busy() {
     );
     let gw = Gateway::start(&[], Some(&cfg));
     // One conversation, several slow turns at once: its home takes
-    // ceil(1.25 × (in flight + 1) / 2), the rest go to the other endpoint.
+    // ceil(1.25 × (in flight + 1) / 2); past that the conversation moves to
+    // the other endpoint and stays there (its newest blocks are there).
     let mut tasks = Vec::new();
     for i in 0..4 {
         let req = client()
@@ -434,25 +435,43 @@ async fn prefix_affinity_falls_back_when_its_endpoint_is_busy() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().status(), 200);
     }
-    let ids: Vec<String> = (0..4).map(|i| format!("busy-{i}")).collect();
+    // Then one more turn on an idle pool.
+    let later = client()
+        .post(gw.chat_url())
+        .header("x-request-id", "busy-4")
+        .json(&turn(7, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(later.status(), 200);
+    let ids: Vec<String> = (0..5).map(|i| format!("busy-{i}")).collect();
     let got = routed(&gw, &ids).await;
-    // 1st: home (0 in flight < cap 1). 2nd: home (1 < cap 2). 3rd: cap 2 → other. 4th: cap 3 → home.
+    // 1st: home (0 in flight < cap 1). 2nd: home (1 < cap 2). 3rd: home at
+    // cap 2 → the other one. 4th: the other one (1 < cap 3). 5th: still there.
     let reasons: Vec<&str> = got.iter().map(|(_, w)| w.as_str()).collect();
     assert_eq!(
         reasons,
-        vec!["affinity", "affinity", "affinity_fallback", "affinity"],
+        vec![
+            "affinity",
+            "affinity",
+            "affinity_fallback",
+            "affinity",
+            "affinity"
+        ],
         "{got:?}"
     );
     let home = &got[0].0;
-    assert_ne!(&got[2].0, home);
-    assert_eq!(&got[3].0, home);
+    assert_eq!(&got[1].0, home);
+    let moved = &got[2].0;
+    assert_ne!(moved, home);
+    assert_eq!((&got[3].0, &got[4].0), (moved, moved));
     let m = gw.metrics().await;
     assert_eq!(
         metric(
             &m,
             "llm_gateway_endpoint_picks_total{upstream=\"main\",endpoint=\""
         ),
-        Some(4.0),
+        Some(5.0),
         "{m}"
     );
 }
@@ -481,10 +500,23 @@ async fn queued_upstream() -> Mock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_aware_avoids_the_endpoint_with_a_long_queue() {
+    avoids_the_endpoint_with_a_long_queue("load-aware").await;
+}
+
+/// Prefix-affinity's load bound counts the scraped queue: conversations whose
+/// home is the queued endpoint go elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_avoids_the_endpoint_with_a_long_queue() {
+    avoids_the_endpoint_with_a_long_queue("prefix-affinity").await;
+}
+
+/// 16 requests (prefix-affinity: 16 conversations) to a pool of a sim and an
+/// upstream whose `/metrics` reports 50 waiting: none reaches the queued one.
+async fn avoids_the_endpoint_with_a_long_queue(routing: &str) {
     let queued = queued_upstream().await;
     let sim = start_sim(fast_sim()).await;
     let cfg = format!(
-        "[pools.main]\nrouting = \"load-aware\"\nmetrics_scrape_interval_ms = 100\nendpoints = [\"{}\", \"{}\"]\n",
+        "[pools.main]\nrouting = \"{routing}\"\nmetrics_scrape_interval_ms = 100\nendpoints = [\"{}\", \"{}\"]\n",
         queued.url, sim.url
     );
     let gw = Gateway::start(&[], Some(&cfg));
@@ -503,16 +535,22 @@ async fn load_aware_avoids_the_endpoint_with_a_long_queue() {
         0.0,
     )
     .await;
-    let ids: Vec<String> = (0..8).map(|i| format!("la-{i}")).collect();
+    let ids: Vec<String> = (0..16).map(|i| format!("q-{i}")).collect();
     for id in &ids {
-        assert_eq!(gw.post_chat(id, &chat("m", false), &[]).await.status(), 200);
+        let session = [("x-session-id", id.as_str())];
+        let resp = gw.post_chat(id, &chat("m", false), &session).await;
+        assert_eq!(resp.status(), 200);
     }
     let got = routed(&gw, &ids).await;
-    assert!(
-        got.iter()
-            .all(|(e, why)| *e == label(&sim.url) && why == "load"),
-        "{got:?}"
-    );
+    assert!(got.iter().all(|(e, _)| *e == label(&sim.url)), "{got:?}");
+    let reasons: std::collections::HashSet<&str> = got.iter().map(|(_, w)| w.as_str()).collect();
+    let expected: &[&str] = match routing {
+        "load-aware" => &["load"],
+        // Half the conversations hash to the queued endpoint (all 16 on the
+        // sim by chance: 2^-16).
+        _ => &["affinity", "affinity_fallback"],
+    };
+    assert_eq!(reasons, expected.iter().copied().collect(), "{got:?}");
     let m = gw.metrics().await;
     assert_eq!(
         metric(
