@@ -175,6 +175,9 @@ struct RequestHead<'a> {
     /// Read for `prefix-affinity` pools only (see [`crate::routing::affinity_key`]).
     #[serde(borrow, default)]
     user: Option<&'a RawValue>,
+    /// Responses API: the stored response this one continues.
+    #[serde(borrow, default)]
+    previous_response_id: Option<Cow<'a, str>>,
 }
 
 /// What the gateway learnt from a request body.
@@ -193,6 +196,10 @@ pub struct Parsed {
     pub key_src: Option<crate::routing::KeySource>,
     /// The prefix-affinity key, computed once the pool is known to want it.
     pub affinity_key: Option<u64>,
+    /// The stored Responses API response the request refers to
+    /// (`previous_response_id`, `/v1/responses/{id}`), as
+    /// [`crate::routing::response_key`]: sent to the endpoint that created it.
+    pub owner_key: Option<u64>,
 }
 
 fn offset_in(body: &[u8], raw: &RawValue) -> usize {
@@ -220,6 +227,11 @@ pub fn parse_request(body: Bytes, api: Api) -> Result<Parsed, GatewayError> {
         _ => None,
     };
     let stream = head.stream.unwrap_or(false);
+    let owner_key = head
+        .previous_response_id
+        .as_deref()
+        .filter(|id| api == Api::Responses && !id.is_empty())
+        .map(crate::routing::response_key);
     let range = |r: Option<&RawValue>| {
         r.map(|r| {
             let at = offset_in(&body, r);
@@ -295,6 +307,7 @@ pub fn parse_request(body: Bytes, api: Api) -> Result<Parsed, GatewayError> {
         strip_usage,
         key_src: Some(key_src),
         affinity_key: None,
+        owner_key,
     })
 }
 
@@ -641,7 +654,10 @@ async fn serve(
                 return StatusCode::BAD_REQUEST.into_response();
             }
         };
-        let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE);
+        // vLLM's `cancel_responses(response_id, raw_request)` reads no body
+        // (the openai client sends none).
+        let bodiless = matches!(target.method, Method::GET | Method::HEAD | Method::DELETE)
+            || target.route.label == "/v1/responses/{id}/cancel";
         if body.is_empty() && (!api.json_request() || bodiless) {
             let parsed = Parsed {
                 model: model_of_path(api, &target),
@@ -651,6 +667,7 @@ async fn serve(
                 strip_usage: false,
                 key_src: None,
                 affinity_key: None,
+                owner_key: None,
             };
             (parsed, UpBody::Whole(Bytes::new()))
         } else {
@@ -680,6 +697,7 @@ async fn serve(
             strip_usage: false,
             key_src: None,
             affinity_key: None,
+            owner_key: None,
         };
         (parsed, UpBody::Streamed(Some(upload.body), upload.cut))
     };
@@ -703,7 +721,21 @@ async fn serve(
     if pool.routing == crate::config::RoutingPolicy::PrefixAffinity {
         parsed.affinity_key = crate::routing::affinity_key(&headers, key_src.as_ref());
     }
+    if let Some(id) = response_id_of_path(&target) {
+        parsed.owner_key = Some(crate::routing::response_key(id));
+    }
     forward(state, target, pool, headers, parsed, up_body, guard).await
+}
+
+/// `/v1/responses/{id}` and `/v1/responses/{id}/cancel` name a stored response.
+fn response_id_of_path(target: &Target) -> Option<&str> {
+    if !target.route.label.starts_with("/v1/responses/") {
+        return None;
+    }
+    let path = target.path_and_query.split('?').next()?;
+    let rest = path.strip_prefix("/v1/responses/")?;
+    let id = rest.strip_suffix("/cancel").unwrap_or(rest);
+    (!id.is_empty()).then_some(id)
 }
 
 /// `GET /v1/models/{id}` names its model in the path.
@@ -833,6 +865,7 @@ async fn send_with_retry(
     guard: &mut EventGuard,
     deadline: Instant,
     affinity_key: Option<u64>,
+    owner_key: Option<u64>,
 ) -> Attempt {
     let cfg = &state.cfg;
     let resendable = matches!(body, UpBody::Whole(_));
@@ -844,7 +877,11 @@ async fn send_with_retry(
     let mut tried = Vec::with_capacity(max_attempts);
     let mut last = GatewayError::UpstreamUnreachable("no endpoint available".to_owned());
     while tried.len() < max_attempts {
-        let Some((idx, inflight, why)) = pool.pick(&tried, affinity_key) else {
+        // A stored response is only on the endpoint that created it.
+        let owner = owner_key
+            .filter(|_| tried.is_empty())
+            .and_then(|k| pool.pick_owner(k));
+        let Some((idx, inflight, why)) = owner.or_else(|| pool.pick(&tried, affinity_key)) else {
             break;
         };
         tried.push(idx);
@@ -1031,6 +1068,7 @@ async fn forward(
         &mut guard,
         deadline,
         parsed.affinity_key,
+        parsed.owner_key,
     )
     .await
     {
@@ -1172,6 +1210,7 @@ async fn forward(
         }
         let upstream_headers = resp.headers().clone();
         drop(resp);
+        remember_response(&pool, &inflight, &summary);
         drop(inflight);
         guard.usage = summary.usage;
         learn_model(&state, &mut guard, &summary);
@@ -1271,7 +1310,7 @@ async fn forward(
         prompt_bytes: parsed.prompt_bytes,
         state: state.clone(),
         pool,
-        _inflight: inflight,
+        inflight,
         relay,
         guard: Some(guard),
         deadline,
@@ -1297,6 +1336,14 @@ async fn forward(
     r.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
+}
+
+/// A Responses API response the upstream created (and may have stored): later
+/// requests naming it go to the same endpoint.
+fn remember_response(pool: &Pool, inflight: &InFlight, s: &Summary) {
+    if let Some(id) = &s.response_id {
+        pool.remember_response(id, inflight.endpoint());
+    }
 }
 
 /// The request named no model: the answer's `model` says which one served it.
@@ -1378,7 +1425,7 @@ struct StreamState {
     prompt_bytes: usize,
     state: Arc<AppState>,
     pool: Arc<Pool>,
-    _inflight: InFlight,
+    inflight: InFlight,
     relay: SseRelay,
     guard: Option<EventGuard>,
     deadline: Instant,
@@ -1407,6 +1454,7 @@ impl StreamState {
         };
         track_usage(&mut g, s, self.prompt_bytes);
         learn_model(&self.state, &mut g, s);
+        remember_response(&self.pool, &self.inflight, s);
         if let Some(_msg) = &s.error {
             self.state
                 .metrics

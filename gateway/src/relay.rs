@@ -139,6 +139,9 @@ struct ResponseView<'a> {
     /// Responses API `object: "response"`.
     #[serde(borrow, default)]
     object: Option<Cow<'a, str>>,
+    /// The object's `id` (kept only for a Responses API response).
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     status: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -228,6 +231,8 @@ pub struct Summary {
     pub model: Option<String>,
     /// Responses API: the `sequence_number` the next event would have.
     pub next_sequence: u64,
+    /// Responses API: the response's `id` (at most 256 bytes).
+    pub response_id: Option<String>,
 }
 
 impl Summary {
@@ -248,6 +253,7 @@ impl Summary {
             content |= self.absorb_event(t, &view, scan_limit);
         }
         if let Some(r) = view.response.take() {
+            self.note_response_id(r.id);
             // response.created / in_progress / completed / incomplete / failed
             let terminal = view.typ.as_deref().is_some_and(|t| {
                 matches!(
@@ -267,6 +273,7 @@ impl Summary {
         }
         if view.object.as_deref() == Some("response") {
             // A complete (non-streaming) Responses API body.
+            self.note_response_id(view.id);
             return self.absorb_response(view, scan_limit, true);
         }
         if let Some(e) = view.error {
@@ -483,6 +490,16 @@ impl Summary {
     /// A Responses API response object: status, usage, output text and
     /// refusal parts (`whole`: a non-streaming body, whose text is read here;
     /// a stream's text came from its deltas).
+    fn note_response_id(&mut self, id: Option<&serde_json::value::RawValue>) {
+        if self.response_id.is_none()
+            && let Some(id) = id
+            && id.get().len() <= 258
+            && let Ok(id) = serde_json::from_str::<String>(id.get())
+        {
+            self.response_id = Some(id);
+        }
+    }
+
     fn absorb_response(&mut self, r: ResponseView<'_>, scan_limit: usize, whole: bool) -> bool {
         if let Some(u) = r.usage {
             self.usage = Some(u);
@@ -984,6 +1001,7 @@ mod tests {
             assert_eq!(s.model.as_deref(), Some("m"));
             assert_eq!(s.next_sequence, 5);
             assert!(s.error.is_none());
+            assert_eq!(s.response_id.as_deref(), Some("resp_1"));
         }
     }
 
@@ -1019,6 +1037,10 @@ mod tests {
         assert!(s.upstream_refusal);
         assert_eq!(s.finish_reason.as_deref(), Some("stop"));
         assert_eq!(s.usage.unwrap().completion_tokens, Some(3));
+        assert_eq!(s.response_id.as_deref(), Some("resp_1"));
+        // A chat completion's id is not a response id.
+        let chat = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#;
+        assert_eq!(inspect_body(chat, 10).response_id, None);
         let tools = br#"{"object":"response","output":[{"type":"function_call","name":"f","arguments":"{}"}],"status":"completed"}"#;
         assert_eq!(
             inspect_body(tools, 10).finish_reason.as_deref(),

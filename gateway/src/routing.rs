@@ -27,17 +27,22 @@ pub mod reason {
     /// the next one in the key's hash order took it (and keeps the
     /// conversation).
     pub const AFFINITY_FALLBACK: &str = "affinity_fallback";
+    /// The request refers to a stored Responses API response
+    /// (`previous_response_id`, `/v1/responses/{id}`): the endpoint that
+    /// created it, which alone has it.
+    pub const PREVIOUS_RESPONSE: &str = "previous_response";
     /// A second or later attempt after a connect error or a 502/503.
     pub const RETRY: &str = "retry";
     /// The pool has one endpoint: no choice was made.
     pub const ONLY_ENDPOINT: &str = "only_endpoint";
 
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         ROUND_ROBIN,
         LEAST_IN_FLIGHT,
         LOAD,
         AFFINITY,
         AFFINITY_FALLBACK,
+        PREVIOUS_RESPONSE,
         RETRY,
         ONLY_ENDPOINT,
     ];
@@ -75,37 +80,34 @@ pub fn hrw_weight(key: u64, endpoint_hash: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Slots of a [`LastEndpoint`] table (8 bytes each: 512 KiB per
-/// `prefix-affinity` pool).
-pub const LAST_ENDPOINT_SLOTS: usize = 1 << 16;
+/// Slots of an [`EndpointMemory`] table (8 bytes each: 512 KiB).
+pub const MEMORY_SLOTS: usize = 1 << 16;
 
-/// Where each prefix-affinity conversation was last sent: the endpoint that
-/// holds its newest KV blocks, so a conversation that a load bound moved to
-/// another endpoint stays there instead of coming back to a cache that lacks
-/// its latest turns. A fixed-size, lock-free table, direct-mapped by key: a
-/// colliding key overwrites the slot, which only costs that conversation its
-/// memory (its next request goes by its hash order again). Each gateway
-/// replica has its own; with several, a conversation is still kept together
-/// by the hash order they share.
+/// Which endpoint a key was last sent to: where a prefix-affinity
+/// conversation's newest KV blocks are (so a conversation that a load bound
+/// moved stays where it moved instead of coming back to a cache that lacks
+/// its latest turns), and which endpoint created a Responses API response
+/// (vLLM keeps stored responses in that server's memory). A fixed-size,
+/// lock-free table, direct-mapped by key: a colliding key overwrites the
+/// slot, which only costs the other key its memory. Each gateway replica has
+/// its own.
 #[derive(Debug)]
-pub struct LastEndpoint {
+pub struct EndpointMemory {
     /// `(key >> 16) << 16 | (endpoint index + 1)`; 0 = empty.
     slots: Box<[std::sync::atomic::AtomicU64]>,
 }
 
-impl Default for LastEndpoint {
+impl Default for EndpointMemory {
     fn default() -> Self {
         Self {
-            slots: (0..LAST_ENDPOINT_SLOTS)
-                .map(|_| Default::default())
-                .collect(),
+            slots: (0..MEMORY_SLOTS).map(|_| Default::default()).collect(),
         }
     }
 }
 
-impl LastEndpoint {
+impl EndpointMemory {
     fn slot(&self, key: u64) -> &std::sync::atomic::AtomicU64 {
-        &self.slots[key as usize & (LAST_ENDPOINT_SLOTS - 1)]
+        &self.slots[key as usize & (MEMORY_SLOTS - 1)]
     }
 
     /// The endpoint index last recorded for `key`, if its slot still holds it.
@@ -123,6 +125,11 @@ impl LastEndpoint {
                 .store(v, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// The key of a Responses API response id in a pool's [`EndpointMemory`].
+pub fn response_key(id: &str) -> u64 {
+    fnv1a(&[b"response", id.as_bytes()])
 }
 
 /// Where the affinity key of a request body is (byte ranges into `body`),
@@ -322,8 +329,8 @@ mod tests {
     }
 
     #[test]
-    fn last_endpoint_remembers_and_collisions_forget() {
-        let t = LastEndpoint::default();
+    fn endpoint_memory_remembers_and_collisions_forget() {
+        let t = EndpointMemory::default();
         let a = 0x1234_5678_9abc_0001u64;
         assert_eq!(t.get(a), None);
         t.set(a, 0);

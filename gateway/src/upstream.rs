@@ -96,7 +96,10 @@ pub struct Pool {
     pub scrape_interval: Option<Duration>,
     pub affinity_max_load_factor: f64,
     /// Where each conversation went last (`prefix-affinity` pools only).
-    last: Option<routing::LastEndpoint>,
+    last: Option<routing::EndpointMemory>,
+    /// Which endpoint created each Responses API response (pools of more
+    /// than one endpoint).
+    responses: Option<routing::EndpointMemory>,
 }
 
 impl Pool {
@@ -236,6 +239,29 @@ impl Pool {
         Some((i, InFlight(e), why))
     }
 
+    /// The endpoint that created the stored response `key`
+    /// ([`routing::response_key`]) if this pool remembers it and it is
+    /// healthy, with reason `previous_response`. `None`: pick by the policy
+    /// (the upstream then answers whether it has the response).
+    pub fn pick_owner(&self, key: u64) -> Option<(usize, InFlight, &'static str)> {
+        let i = self.responses.as_ref()?.get(key)?;
+        let e = self.endpoints.get(i)?;
+        if !e.is_healthy() {
+            return None;
+        }
+        e.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((i, InFlight(e.clone()), reason::PREVIOUS_RESPONSE))
+    }
+
+    /// Records that `endpoint` created the Responses API response `id`.
+    pub fn remember_response(&self, id: &str, endpoint: &Arc<Endpoint>) {
+        if let Some(t) = &self.responses
+            && let Some(i) = self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint))
+        {
+            t.set(routing::response_key(id), i);
+        }
+    }
+
     pub fn any_healthy(&self) -> bool {
         self.endpoints.iter().any(|e| e.is_healthy())
     }
@@ -349,7 +375,8 @@ impl Upstreams {
                 scrape_interval: p.scrape_interval,
                 affinity_max_load_factor: p.affinity_max_load_factor,
                 last: (p.routing == RoutingPolicy::PrefixAffinity)
-                    .then(routing::LastEndpoint::default),
+                    .then(routing::EndpointMemory::default),
+                responses: (p.endpoints.len() > 1).then(routing::EndpointMemory::default),
             }));
         }
         let configured = cfg
@@ -514,6 +541,7 @@ mod tests {
             scrape_interval: None,
             affinity_max_load_factor: 1.25,
             last: None,
+            responses: (n > 1).then(routing::EndpointMemory::default),
         }
     }
 
@@ -539,7 +567,7 @@ mod tests {
         Pool {
             routing,
             scrape_interval: Some(Duration::from_secs(1)),
-            last: (routing == RoutingPolicy::PrefixAffinity).then(routing::LastEndpoint::default),
+            last: (routing == RoutingPolicy::PrefixAffinity).then(routing::EndpointMemory::default),
             ..pool(n)
         }
     }
@@ -698,6 +726,28 @@ mod tests {
             },
         )));
         assert_eq!(p.pick(&[], Some(other)).unwrap().0, its_home);
+    }
+
+    #[test]
+    fn a_stored_response_is_found_where_it_was_created() {
+        let p = pool(3);
+        let k = routing::response_key("resp_1");
+        assert!(p.pick_owner(k).is_none(), "unknown: the policy picks");
+        p.remember_response("resp_1", &p.endpoints[2].clone());
+        for _ in 0..3 {
+            let (i, f, why) = p.pick_owner(k).unwrap();
+            assert_eq!(
+                (i, why, f.endpoint().in_flight()),
+                (2, reason::PREVIOUS_RESPONSE, 1)
+            );
+        }
+        assert!(p.pick_owner(routing::response_key("resp_2")).is_none());
+        p.endpoints[2].healthy.store(false, Ordering::Relaxed);
+        assert!(p.pick_owner(k).is_none(), "its endpoint is down");
+        // One endpoint: nothing to remember.
+        let one = pool(1);
+        one.remember_response("resp_1", &one.endpoints[0].clone());
+        assert!(one.pick_owner(k).is_none());
     }
 
     #[test]

@@ -19,10 +19,106 @@
 //! Event field order is the openai-python type's (`openai.types.responses.*Event`, fields in
 //! alphabetical order). A mid-stream engine error is sent as the Responses API `error`
 //! event (`ResponseErrorEvent`: `code`, `message`, `param`, `sequence_number`, `type`).
+//!
+//! The store (`serving.py`, `VLLM_ENABLE_RESPONSES_API_STORE=1`, off by default): a response
+//! whose request left `store` true is kept in the server's memory when it completes; a
+//! request naming an unknown `previous_response_id`, and `GET /v1/responses/{id}` or
+//! `POST /v1/responses/{id}/cancel` of an unknown id, get `_make_not_found_error` (404,
+//! `Response with id '{id}' not found.`, type `invalid_request_error`, param
+//! `response_id`); cancelling a finished response is `Cannot cancel a synchronous
+//! response.` (400). The follow-up's prompt is the new instructions, the stored
+//! conversation and the new input (`_construct_input_messages`). vLLM never evicts; this
+//! store keeps the last [`STORE_CAPACITY`] responses.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
+use std::sync::{Arc, Mutex};
 
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use crate::server::{Sim, json_response, vllm_error};
 use crate::wire::{Usage, json_str};
+
+/// Responses the simulator's store keeps (the oldest go first).
+pub const STORE_CAPACITY: usize = 10_000;
+
+/// One stored response: its object as served and the conversation text so far
+/// (inputs and outputs, without instructions) for a follow-up's prompt.
+#[derive(Debug)]
+struct Stored {
+    body: Vec<u8>,
+    history: String,
+}
+
+/// The in-memory response store of one server.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseStore {
+    inner: Mutex<(HashMap<String, Stored>, VecDeque<String>)>,
+}
+
+impl ResponseStore {
+    pub(crate) fn history(&self, id: &str) -> Option<String> {
+        let g = self.inner.lock().ok()?;
+        g.0.get(id).map(|s| s.history.clone())
+    }
+
+    fn body(&self, id: &str) -> Option<Vec<u8>> {
+        let g = self.inner.lock().ok()?;
+        g.0.get(id).map(|s| s.body.clone())
+    }
+
+    fn put(&self, id: &str, body: Vec<u8>, history: String) {
+        let Ok(mut g) = self.inner.lock() else {
+            return;
+        };
+        let (map, order) = &mut *g;
+        if map
+            .insert(id.to_owned(), Stored { body, history })
+            .is_none()
+        {
+            order.push_back(id.to_owned());
+        }
+        while order.len() > STORE_CAPACITY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+}
+
+/// vLLM's `_make_not_found_error`.
+pub(crate) fn not_found(id: &str) -> Response {
+    vllm_error(
+        StatusCode::NOT_FOUND,
+        &format!("Response with id '{id}' not found."),
+        "invalid_request_error",
+        Some("response_id"),
+    )
+}
+
+/// `GET /v1/responses/{id}`: a stored response as it was served.
+pub(crate) async fn retrieve(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    match sim.store.as_ref().and_then(|s| s.body(&id)) {
+        Some(body) => json_response(StatusCode::OK, body),
+        None => not_found(&id),
+    }
+}
+
+/// `POST /v1/responses/{id}/cancel`: only background responses can be
+/// cancelled, and the simulator has none.
+pub(crate) async fn cancel(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    match sim.store.as_ref().and_then(|s| s.body(&id)) {
+        Some(_) => vllm_error(
+            StatusCode::BAD_REQUEST,
+            "Cannot cancel a synchronous response.",
+            "invalid_request_error",
+            Some("response_id"),
+        ),
+        None => not_found(&id),
+    }
+}
 
 /// What a response object repeats from its request.
 #[derive(Debug, Clone)]
@@ -31,9 +127,22 @@ pub(crate) struct ResponsesMeta {
     pub(crate) created_at: u64,
     pub(crate) model: String,
     pub(crate) instructions: Option<String>,
+    pub(crate) previous_response_id: Option<String>,
+    /// Where to keep the response when it completes, with the conversation
+    /// so far (`None`: not stored).
+    pub(crate) store: Option<(Arc<ResponseStore>, String)>,
     pub(crate) max_output_tokens: u32,
     pub(crate) temperature: f64,
     pub(crate) top_p: f64,
+}
+
+impl ResponsesMeta {
+    /// Stores the finished response `object` (with its output `text`) if asked to.
+    pub(crate) fn keep(&self, object: &[u8], text: &str) {
+        if let Some((store, history)) = &self.store {
+            store.put(&self.id, object.to_vec(), format!("{history}{text}"));
+        }
+    }
 }
 
 /// One output message: its id and text so far.
@@ -106,8 +215,16 @@ pub(crate) fn write_response(
     }
     let _ = write!(
         out,
-        "],\"parallel_tool_calls\":true,\"temperature\":{:?},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":{:?},\"background\":false,\"max_output_tokens\":{},\"max_tool_calls\":null,\"previous_response_id\":null,\"prompt\":null,\"reasoning\":null,\"service_tier\":\"auto\",\"status\":\"{status}\",\"text\":null,\"top_logprobs\":null,\"truncation\":\"disabled\",\"usage\":",
+        "],\"parallel_tool_calls\":true,\"temperature\":{:?},\"tool_choice\":\"auto\",\"tools\":[],\"top_p\":{:?},\"background\":false,\"max_output_tokens\":{},\"max_tool_calls\":null,\"previous_response_id\":",
         meta.temperature, meta.top_p, meta.max_output_tokens
+    );
+    match &meta.previous_response_id {
+        Some(p) => json_str(out, p),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        ",\"prompt\":null,\"reasoning\":null,\"service_tier\":\"auto\",\"status\":\"{status}\",\"text\":null,\"top_logprobs\":null,\"truncation\":\"disabled\",\"usage\":"
     );
     match usage {
         Some(u) => write_usage(out, u),
@@ -227,18 +344,21 @@ impl ResponsesWriter {
         };
         let id = self.msg_id.clone();
         let text = std::mem::take(&mut self.text);
+        let mut object = Vec::with_capacity(1024);
+        write_response(
+            &mut object,
+            &meta,
+            status,
+            Some(Message {
+                id: &id,
+                text: &text,
+            }),
+            Some(usage),
+        );
+        meta.keep(&object, &text);
         self.event(out, "response.completed", |o| {
             o.extend_from_slice(b"\"response\":");
-            write_response(
-                o,
-                &meta,
-                status,
-                Some(Message {
-                    id: &id,
-                    text: &text,
-                }),
-                Some(usage),
-            );
+            o.extend_from_slice(&object);
             o.push(b',');
         });
     }
@@ -264,6 +384,8 @@ mod tests {
             created_at: 7,
             model: "m".into(),
             instructions: None,
+            previous_response_id: None,
+            store: None,
             max_output_tokens: 16,
             temperature: 1.0,
             top_p: 1.0,

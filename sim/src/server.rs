@@ -68,6 +68,8 @@ pub struct SimConfig {
     pub block_size: u64,
     /// Automatic prefix caching (vLLM V1's default; `--no-enable-prefix-caching` turns it off).
     pub prefix_caching: bool,
+    /// The Responses API store (vLLM: `VLLM_ENABLE_RESPONSES_API_STORE=1`; off by default).
+    pub responses_store: bool,
 }
 
 impl Default for SimConfig {
@@ -88,6 +90,7 @@ impl Default for SimConfig {
             speed_factor: 1.0,
             block_size: metrics::BLOCK_SIZE,
             prefix_caching: true,
+            responses_store: false,
         }
     }
 }
@@ -98,6 +101,8 @@ pub(crate) struct Sim {
     counter: AtomicU64,
     started: u64,
     http: HttpMetrics,
+    /// Stored Responses API responses (with `responses_store`).
+    pub(crate) store: Option<Arc<crate::responses::ResponseStore>>,
 }
 
 impl Sim {
@@ -146,18 +151,22 @@ pub fn router(cfg: SimConfig) -> Router {
             )
         })
         .collect();
+    let cfg_store = cfg.responses_store;
     let sim = Arc::new(Sim {
         cfg,
         engines,
         counter: AtomicU64::new(0),
         started: unix_now(),
         http: HttpMetrics::new(created),
+        store: cfg_store.then(Default::default),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/v1/responses", post(responses_api))
+        .route("/v1/responses/{id}", get(crate::responses::retrieve))
+        .route("/v1/responses/{id}/cancel", post(crate::responses::cancel))
         .route("/tokenize", post(crate::pooling::tokenize))
         .route("/detokenize", post(crate::pooling::detokenize))
         .route("/v1/rerank", post(crate::pooling::rerank))
@@ -440,6 +449,12 @@ struct GenRequest {
     /// Responses API.
     #[serde(default)]
     instructions: Option<String>,
+    /// Responses API: continue a stored response (404 if this server has none).
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    /// Responses API: store the response (default true; only with the store enabled).
+    #[serde(default)]
+    store: Option<bool>,
     /// Responses API.
     #[serde(default)]
     max_output_tokens: Option<u32>,
@@ -620,6 +635,8 @@ async fn generate(
     let mut judge_verdict = None;
     // Token ids of a single prompt, for the prefix cache (approximate, see `prefix`).
     let prompt_ids: Option<Vec<u64>>;
+    // Responses API: the conversation so far, kept with a stored response.
+    let mut responses_history = String::new();
     let prompts = match kind {
         Kind::Chat if responses => {
             let Some(input) = &req.input else {
@@ -630,18 +647,30 @@ async fn generate(
                     None,
                 );
             };
-            let mut all = req.instructions.clone().unwrap_or_default();
+            // vLLM `_construct_input_messages`: the new instructions, then the
+            // previous response's input (without its instructions) and output,
+            // then the new input.
+            let mut history = String::new();
+            if let Some(prev) = &req.previous_response_id {
+                match sim.store.as_ref().and_then(|s| s.history(prev)) {
+                    Some(h) => history = h,
+                    None => return crate::responses::not_found(prev),
+                }
+            }
             match input {
-                serde_json::Value::String(s) => all.push_str(s),
+                serde_json::Value::String(s) => history.push_str(s),
                 serde_json::Value::Array(items) => {
                     for item in items {
                         if let Some(c) = item.get("content") {
-                            content_text(c, &mut all);
+                            content_text(c, &mut history);
                         }
                     }
                 }
                 _ => return bad_request("input must be a string or a list of input items"),
             }
+            let mut all = req.instructions.clone().unwrap_or_default();
+            all.push_str(&history);
+            responses_history = history;
             let mut ids = Vec::new();
             crate::prefix::push_text(&mut ids, &all);
             ids.extend_from_slice(&crate::prefix::chat_tokens(std::iter::empty()));
@@ -901,6 +930,12 @@ async fn generate(
         created_at: unix_now(),
         model: model.clone(),
         instructions: req.instructions.clone(),
+        previous_response_id: req.previous_response_id.clone(),
+        store: sim
+            .store
+            .clone()
+            .filter(|_| req.store != Some(false))
+            .map(|s| (s, std::mem::take(&mut responses_history))),
         max_output_tokens: params_max_tokens,
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
@@ -970,6 +1005,7 @@ async fn generate(
                         Some(crate::responses::Message { id: &msg_id, text }),
                         Some(usage),
                     );
+                    meta.keep(&body, text);
                 }
                 json_response(StatusCode::OK, body)
             }

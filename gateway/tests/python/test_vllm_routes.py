@@ -137,6 +137,84 @@ def test_responses_stream(stack):
     assert ev["cost_usd"] == cost(final.usage.input_tokens, 12)
 
 
+@pytest.fixture(scope="module")
+def stored():
+    """Three replicas with vLLM's Responses API store on (each keeps its own responses in
+    memory), behind one round-robin pool: without routing by response, every follow-up
+    would land on a replica that does not have the previous response."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_GATEWAY_")}
+    env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"
+    sims = [start([SIM_BIN, "--listen", "127.0.0.1:0", "--model", MODEL, "--ttft-ms", "5",
+                   "--tokens-per-second", "2000", "--max-tokens-default", "12"], env=env)
+            for _ in range(3)]
+    tmp = tempfile.TemporaryDirectory()
+    events = pathlib.Path(tmp.name) / "events.log"
+    config = pathlib.Path(tmp.name) / "gateway.toml"
+    urls = ", ".join(f'"http://{addr}"' for _, addr, _ in sims)
+    config.write_text(f'[pools.default]\nrouting = "round-robin"\nendpoints = [{urls}]\n'
+                      f'[routing]\ndefault_pool = "default"\n')
+    gw, gw_addr, _ = start(
+        [GATEWAY_BIN, "--config", str(config), "--listen", "127.0.0.1:0", "--events", str(events)],
+        env=env,
+    )
+    via = openai.OpenAI(base_url=f"http://{gw_addr}/v1", api_key="unused", max_retries=0, timeout=20)
+    direct = [openai.OpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0, timeout=20)
+              for _, addr, _ in sims]
+    try:
+        yield {"via": via, "direct": direct, "events": events}
+    finally:
+        stop(gw, *(p for p, _, _ in sims))
+        tmp.cleanup()
+
+
+def test_stored_responses_are_found_on_the_replica_that_made_them(stored):
+    via, direct = stored["via"], stored["direct"]
+    # The replicas do not share their stores: asking another one is a 404 (vLLM's text).
+    first = direct[0].responses.create(model=MODEL, input="Hello")
+    with pytest.raises(openai.NotFoundError, match=f"Response with id '{first.id}' not found."):
+        direct[1].responses.create(model=MODEL, input="And?", previous_response_id=first.id)
+
+    def ev_of(rid):
+        return [e for e in read_events(stored["events"], with_ids(rid)) if e["request_id"] == rid][-1]
+
+    # A conversation of five turns through the round-robin pool, streamed and not.
+    prev = None
+    endpoints = []
+    prompts = []
+    for turn in range(5):
+        rid = f"py-stored-{turn}"
+        kw = {"previous_response_id": prev} if prev else {}
+        if turn % 2:
+            events = list(via.responses.create(model=MODEL, input=f"turn {turn}", stream=True,
+                                               extra_headers={"x-request-id": rid}, **kw))
+            r = events[-1].response
+        else:
+            r = via.responses.create(model=MODEL, input=f"turn {turn}",
+                                     extra_headers={"x-request-id": rid}, **kw)
+        assert r.status == "completed" and r.output_text
+        assert r.previous_response_id == prev
+        ev = ev_of(rid)
+        assert ev["status"] == 200, ev
+        assert ev["routing_reason"] == ("round_robin" if turn == 0 else "previous_response"), ev
+        endpoints.append(ev["endpoint"])
+        prompts.append(r.usage.input_tokens)
+        prev = r.id
+    assert len(set(endpoints)) == 1, endpoints
+    # Each turn's prompt holds the conversation so far (the replica's store): it grows.
+    assert prompts == sorted(prompts) and len(set(prompts)) == 5, prompts
+    # Retrieval and cancel name the response in the path.
+    got = via.responses.retrieve(prev, extra_headers={"x-request-id": "py-stored-get"})
+    assert got.id == prev and got.output_text
+    ev = ev_of("py-stored-get")
+    assert (ev["route"], ev["routing_reason"], ev["endpoint"]) == (
+        "/v1/responses/{id}", "previous_response", endpoints[0])
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel a synchronous response"):
+        via.responses.cancel(prev)
+    # An id no replica has: routed by the policy, and the replica's 404 is relayed.
+    with pytest.raises(openai.NotFoundError, match="Response with id 'resp_nope' not found."):
+        via.responses.create(model=MODEL, input="x", previous_response_id="resp_nope")
+
+
 def test_responses_bytes_equal_direct(stack):
     body = {"model": MODEL, "input": [{"role": "user", "content": "Same bytes?"}]}
     a = stack["via"].responses.with_raw_response.create(**body, extra_headers={"x-request-id": "py-raw-1"})

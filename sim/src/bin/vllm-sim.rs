@@ -68,6 +68,11 @@ struct Cli {
     /// Turn automatic prefix caching off (vLLM --no-enable-prefix-caching).
     #[arg(long, env = "VLLM_SIM_NO_PREFIX_CACHING")]
     no_enable_prefix_caching: bool,
+    /// Keep Responses API responses (`store`, `previous_response_id`, `GET
+    /// /v1/responses/{id}`) in this server's memory, like vLLM with the same
+    /// environment variable set to 1.
+    #[arg(long, env = "VLLM_ENABLE_RESPONSES_API_STORE", value_parser = clap::builder::BoolishValueParser::new())]
+    enable_responses_store: bool,
 }
 
 impl Cli {
@@ -115,6 +120,7 @@ impl Cli {
             speed_factor: self.speed_factor,
             block_size: self.block_size,
             prefix_caching: !self.no_enable_prefix_caching,
+            responses_store: self.enable_responses_store,
         })
     }
 }
