@@ -1057,6 +1057,7 @@ async fn forward(
     mut guard: EventGuard,
 ) -> Response {
     let api = target.api();
+    let retrieved = response_id_of_path(&target).map(crate::routing::response_key);
     let cfg = state.cfg.clone();
     let deadline = Instant::from_std(guard.started()) + cfg.total_timeout;
     let (mut resp, inflight) = match send_with_retry(
@@ -1210,9 +1211,12 @@ async fn forward(
         }
         let upstream_headers = resp.headers().clone();
         drop(resp);
-        remember_response(&pool, &inflight, &summary);
+        if api == Api::Responses {
+            remember_response(&pool, &inflight, &summary);
+        }
         drop(inflight);
         guard.usage = summary.usage;
+        usage_of_retrieval(&pool, retrieved, &mut guard);
         learn_model(&state, &mut guard, &summary);
         guard.refusal = if api.generates() {
             refusal_of(&state.cfg, &summary)
@@ -1280,7 +1284,9 @@ async fn forward(
                 if fed.content && guard.ttft.is_none() {
                     guard.ttft = Some(guard.elapsed());
                 }
-                track_usage(&mut guard, &relay.summary, parsed.prompt_bytes);
+                if retrieved.is_none() {
+                    track_usage(&mut guard, &relay.summary, parsed.prompt_bytes);
+                }
                 pending.extend_from_slice(&fed.out);
             }
         }
@@ -1307,6 +1313,7 @@ async fn forward(
     let now = Instant::now();
     let st = StreamState {
         api,
+        retrieved,
         prompt_bytes: parsed.prompt_bytes,
         state: state.clone(),
         pool,
@@ -1342,7 +1349,24 @@ async fn forward(
 /// requests naming it go to the same endpoint.
 fn remember_response(pool: &Pool, inflight: &InFlight, s: &Summary) {
     if let Some(id) = &s.response_id {
-        pool.remember_response(id, inflight.endpoint());
+        pool.remember_response(id, inflight.endpoint(), s.usage.is_some());
+    }
+}
+
+/// The event of a request to a stored response (`/v1/responses/{id}`,
+/// `/cancel`; `retrieved` is its key) keeps the usage the answer repeats only
+/// if no event has counted it yet: a background response's usage is first
+/// seen on a retrieval, while polling a finished one does no work and must
+/// not count its tokens and cost again.
+/// Only the upstream's usage counts (a replayed stream's deltas are no work);
+/// while such a stream runs its event has no usage.
+fn usage_of_retrieval(pool: &Pool, retrieved: Option<u64>, g: &mut EventGuard) {
+    if let Some(k) = retrieved {
+        let upstream = g.usage.is_some() && g.usage_source.is_none();
+        if !(upstream && pool.claim_response_usage(k)) {
+            g.usage = None;
+            g.usage_source = None;
+        }
     }
 }
 
@@ -1422,6 +1446,8 @@ pub fn refusal_of(cfg: &Config, s: &Summary) -> Option<RefusalOutcome> {
 
 struct StreamState {
     api: Api,
+    /// The stored response a `/v1/responses/{id}` request names (its key).
+    retrieved: Option<u64>,
     prompt_bytes: usize,
     state: Arc<AppState>,
     pool: Arc<Pool>,
@@ -1453,8 +1479,11 @@ impl StreamState {
             return out.freeze();
         };
         track_usage(&mut g, s, self.prompt_bytes);
+        usage_of_retrieval(&self.pool, self.retrieved, &mut g);
         learn_model(&self.state, &mut g, s);
-        remember_response(&self.pool, &self.inflight, s);
+        if self.api == Api::Responses {
+            remember_response(&self.pool, &self.inflight, s);
+        }
         if let Some(_msg) = &s.error {
             self.state
                 .metrics
@@ -1531,6 +1560,7 @@ impl StreamState {
         }
         if let Some(mut g) = self.guard.take() {
             track_usage(&mut g, &self.relay.summary, self.prompt_bytes);
+            usage_of_retrieval(&self.pool, self.retrieved, &mut g);
             g.succeed(200, Some(fr.to_owned()));
             g.error_type = Some(et);
             g.finish();
@@ -1597,7 +1627,9 @@ impl http_body::Body for RelayBody {
                         if fed.content && g.ttft.is_none() {
                             g.ttft = Some(g.elapsed());
                         }
-                        track_usage(g, &s.relay.summary, s.prompt_bytes);
+                        if s.retrieved.is_none() {
+                            track_usage(g, &s.relay.summary, s.prompt_bytes);
+                        }
                     }
                     if fed.out.is_empty() {
                         continue;

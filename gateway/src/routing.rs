@@ -93,9 +93,14 @@ pub const MEMORY_SLOTS: usize = 1 << 16;
 /// its own.
 #[derive(Debug)]
 pub struct EndpointMemory {
-    /// `(key >> 16) << 16 | (endpoint index + 1)`; 0 = empty.
+    /// `(key >> 16) << 16 | mark << 15 | (endpoint index + 1)`; 0 = empty.
     slots: Box<[std::sync::atomic::AtomicU64]>,
 }
+
+/// The mark bit of a slot (see [`EndpointMemory::mark`]).
+const MARK: u64 = 1 << 15;
+/// Endpoint indexes a slot can hold (below the mark bit, 0 = empty).
+const MAX_INDEX: usize = (MARK - 2) as usize;
 
 impl Default for EndpointMemory {
     fn default() -> Self {
@@ -113,17 +118,30 @@ impl EndpointMemory {
     /// The endpoint index last recorded for `key`, if its slot still holds it.
     pub fn get(&self, key: u64) -> Option<usize> {
         let v = self.slot(key).load(std::sync::atomic::Ordering::Relaxed);
-        (v != 0 && v >> 16 == key >> 16).then(|| (v & 0xffff) as usize - 1)
+        (v != 0 && v >> 16 == key >> 16).then(|| (v & (MARK - 1)) as usize - 1)
     }
 
-    /// Records that `key` was sent to endpoint `index` (pools of more than
-    /// 65,534 endpoints are not remembered past that index).
-    pub fn set(&self, key: u64, index: usize) {
-        if index < 0xffff {
-            let v = (key >> 16) << 16 | (index as u64 + 1);
+    /// Records that `key` was sent to endpoint `index`, marked or not (pools
+    /// of more than 32,766 endpoints are not remembered past that index).
+    pub fn set(&self, key: u64, index: usize, marked: bool) {
+        if index <= MAX_INDEX {
+            let mark = if marked { MARK } else { 0 };
+            let v = (key >> 16) << 16 | mark | (index as u64 + 1);
             self.slot(key)
                 .store(v, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Marks `key`'s entry: true if this call did (the entry is there and
+    /// was unmarked), false otherwise, so of concurrent callers one wins.
+    pub fn mark(&self, key: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let slot = self.slot(key);
+        let v = slot.load(Relaxed);
+        v != 0
+            && v >> 16 == key >> 16
+            && v & MARK == 0
+            && slot.compare_exchange(v, v | MARK, Relaxed, Relaxed).is_ok()
     }
 }
 
@@ -333,19 +351,28 @@ mod tests {
         let t = EndpointMemory::default();
         let a = 0x1234_5678_9abc_0001u64;
         assert_eq!(t.get(a), None);
-        t.set(a, 0);
+        assert!(!t.mark(a), "nothing to mark");
+        t.set(a, 0, false);
         assert_eq!(t.get(a), Some(0));
-        t.set(a, 3);
+        t.set(a, 3, false);
         assert_eq!(t.get(a), Some(3));
+        // Marked once; the index is unchanged.
+        assert!(t.mark(a));
+        assert!(!t.mark(a));
+        assert_eq!(t.get(a), Some(3));
+        t.set(a, MAX_INDEX, true);
+        assert_eq!(t.get(a), Some(MAX_INDEX));
+        assert!(!t.mark(a), "recorded marked");
         // Same slot (low 16 bits), other key: not mistaken for `a`, and
         // recording it takes the slot.
         let b = 0x9999_0000_0000_0001u64;
         assert_eq!(t.get(b), None);
-        t.set(b, 1);
+        assert!(!t.mark(b));
+        t.set(b, 1, false);
         assert_eq!((t.get(a), t.get(b)), (None, Some(1)));
         // Indexes that do not fit are not recorded.
         let c = 0x42u64 << 40;
-        t.set(c, 0xffff);
+        t.set(c, MAX_INDEX + 1, false);
         assert_eq!(t.get(c), None);
     }
 

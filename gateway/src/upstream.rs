@@ -97,8 +97,8 @@ pub struct Pool {
     pub affinity_max_load_factor: f64,
     /// Where each conversation went last (`prefix-affinity` pools only).
     last: Option<routing::EndpointMemory>,
-    /// Which endpoint created each Responses API response (pools of more
-    /// than one endpoint).
+    /// Which endpoint created each Responses API response, and whether an
+    /// event counted its usage.
     responses: Option<routing::EndpointMemory>,
 }
 
@@ -221,7 +221,7 @@ impl Pool {
                     if last != Some(i)
                         && let Some(t) = &self.last
                     {
-                        t.set(key, i);
+                        t.set(key, i, false);
                     }
                     (i, why)
                 }
@@ -244,6 +244,9 @@ impl Pool {
     /// healthy, with reason `previous_response`. `None`: pick by the policy
     /// (the upstream then answers whether it has the response).
     pub fn pick_owner(&self, key: u64) -> Option<(usize, InFlight, &'static str)> {
+        if self.endpoints.len() < 2 {
+            return None;
+        }
         let i = self.responses.as_ref()?.get(key)?;
         let e = self.endpoints.get(i)?;
         if !e.is_healthy() {
@@ -253,13 +256,22 @@ impl Pool {
         Some((i, InFlight(e.clone()), reason::PREVIOUS_RESPONSE))
     }
 
-    /// Records that `endpoint` created the Responses API response `id`.
-    pub fn remember_response(&self, id: &str, endpoint: &Arc<Endpoint>) {
+    /// Records that `endpoint` created the Responses API response `id`;
+    /// `usage_counted`: its event had the response's usage (not so for a
+    /// background response, whose usage comes with a later retrieval).
+    pub fn remember_response(&self, id: &str, endpoint: &Arc<Endpoint>, usage_counted: bool) {
         if let Some(t) = &self.responses
             && let Some(i) = self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint))
         {
-            t.set(routing::response_key(id), i);
+            t.set(routing::response_key(id), i, usage_counted);
         }
+    }
+
+    /// A retrieval of response `key` carries its usage: true if no event
+    /// has counted that usage yet (then this one does, and none after it).
+    /// False for a response this pool does not remember.
+    pub fn claim_response_usage(&self, key: u64) -> bool {
+        self.responses.as_ref().is_some_and(|t| t.mark(key))
     }
 
     pub fn any_healthy(&self) -> bool {
@@ -376,7 +388,7 @@ impl Upstreams {
                 affinity_max_load_factor: p.affinity_max_load_factor,
                 last: (p.routing == RoutingPolicy::PrefixAffinity)
                     .then(routing::EndpointMemory::default),
-                responses: (p.endpoints.len() > 1).then(routing::EndpointMemory::default),
+                responses: Some(routing::EndpointMemory::default()),
             }));
         }
         let configured = cfg
@@ -541,7 +553,7 @@ mod tests {
             scrape_interval: None,
             affinity_max_load_factor: 1.25,
             last: None,
-            responses: (n > 1).then(routing::EndpointMemory::default),
+            responses: Some(routing::EndpointMemory::default()),
         }
     }
 
@@ -733,7 +745,7 @@ mod tests {
         let p = pool(3);
         let k = routing::response_key("resp_1");
         assert!(p.pick_owner(k).is_none(), "unknown: the policy picks");
-        p.remember_response("resp_1", &p.endpoints[2].clone());
+        p.remember_response("resp_1", &p.endpoints[2].clone(), false);
         for _ in 0..3 {
             let (i, f, why) = p.pick_owner(k).unwrap();
             assert_eq!(
@@ -742,12 +754,19 @@ mod tests {
             );
         }
         assert!(p.pick_owner(routing::response_key("resp_2")).is_none());
+        // Its usage (not counted when it was made: background) is counted once.
+        assert!(p.claim_response_usage(k));
+        assert!(!p.claim_response_usage(k));
+        assert!(!p.claim_response_usage(routing::response_key("resp_2")));
         p.endpoints[2].healthy.store(false, Ordering::Relaxed);
         assert!(p.pick_owner(k).is_none(), "its endpoint is down");
-        // One endpoint: nothing to remember.
+        // One endpoint: no choice to make (`only_endpoint`), but usage is
+        // still counted once.
         let one = pool(1);
-        one.remember_response("resp_1", &one.endpoints[0].clone());
+        one.remember_response("resp_1", &one.endpoints[0].clone(), false);
         assert!(one.pick_owner(k).is_none());
+        assert!(one.claim_response_usage(k));
+        assert!(!one.claim_response_usage(k));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::response::IntoResponse;
 use common::*;
+use serde_json::{Value, json};
 
 fn multipart(model: &str, file: &[u8]) -> (String, Vec<u8>) {
     let boundary = "gw-test-boundary";
@@ -136,7 +137,10 @@ async fn streamed_upload_keeps_the_body_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_routes_keep_method_path_and_query() {
     let mock = start_mock(|s| {
-        if s.path == "/v1/responses/resp_2" {
+        if s.path == "/v1/responses" {
+            // A background response: queued, no usage yet.
+            ([("content-type", "application/json")], r#"{"id":"resp_2","object":"response","model":"m","status":"queued","background":true,"output":[],"usage":null}"#).into_response()
+        } else if s.path == "/v1/responses/resp_2" {
             // `GET /v1/responses/{id}?stream=true`: vLLM replays the events.
             ([("content-type", "text/event-stream")], "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":0,\"response\":{\"object\":\"response\",\"model\":\"m\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":1,\"output_tokens\":4}}}\n\n").into_response()
         } else if s.path == "/v1/responses/resp_1" {
@@ -158,26 +162,44 @@ async fn get_routes_keep_method_path_and_query() {
     let ev = gw.event_for("get-1").await;
     assert_eq!(ev["route"], "/v1/responses/{id}");
     assert_eq!(ev["model"], "m", "learnt from the answer");
-    assert_eq!(ev["completion_tokens"], 2);
+    assert_eq!(
+        ev["completion_tokens"],
+        Value::Null,
+        "a response this gateway did not see made: its usage is not this request's work"
+    );
+    // A background response: made without usage, which comes with the first
+    // retrieval that has it, once, however often the client polls.
     let r = c
-        .get(format!("{}/v1/responses/resp_2?stream=true", gw.url))
-        .header("x-request-id", "get-sse")
+        .post(format!("{}/v1/responses", gw.url))
+        .header("x-request-id", "bg")
+        .json(&json!({"model": "m", "input": "hi", "background": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.text()
+    assert_eq!(gw.event_for("bg").await["completion_tokens"], Value::Null);
+    for (i, want) in [(0, json!(4)), (1, Value::Null)] {
+        let id = format!("get-sse-{i}");
+        let r = c
+            .get(format!("{}/v1/responses/resp_2?stream=true", gw.url))
+            .header("x-request-id", &id)
+            .send()
             .await
-            .unwrap()
-            .starts_with("event: response.completed\n")
-    );
-    let ev = gw.event_for("get-sse").await;
-    assert_eq!(
-        ev["status"], 200,
-        "an SSE answer of a GET route is relayed as a stream"
-    );
-    assert_eq!(ev["completion_tokens"], 4);
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .starts_with("event: response.completed\n")
+        );
+        let ev = gw.event_for(&id).await;
+        assert_eq!(
+            ev["status"], 200,
+            "an SSE answer of a GET route is relayed as a stream"
+        );
+        assert_eq!(ev["completion_tokens"], want, "{id}");
+    }
     let r = c
         .get(format!("{}/v1/models/some-model", gw.url))
         .header("x-request-id", "get-2")

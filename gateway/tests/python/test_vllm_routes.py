@@ -208,6 +208,7 @@ def test_stored_responses_are_found_on_the_replica_that_made_them(stored):
     ev = ev_of("py-stored-get")
     assert (ev["route"], ev["routing_reason"], ev["endpoint"]) == (
         "/v1/responses/{id}", "previous_response", endpoints[0])
+    assert ev["completion_tokens"] is None and ev["cost_usd"] is None, "counted when it was made"
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a synchronous response"):
         via.responses.cancel(prev)
     # An id no replica has: routed by the policy, and the replica's 404 is relayed.
