@@ -196,9 +196,9 @@ pub struct Parsed {
     pub key_src: Option<crate::routing::KeySource>,
     /// The prefix-affinity key, computed once the pool is known to want it.
     pub affinity_key: Option<u64>,
-    /// The stored Responses API response the request refers to
-    /// (`previous_response_id`, `/v1/responses/{id}`), as
-    /// [`crate::routing::response_key`]: sent to the endpoint that created it.
+    /// The stored Responses API response a request continues
+    /// (`previous_response_id`), as [`crate::routing::response_key`]: sent to
+    /// the endpoint that created it (as `/v1/responses/{id}` requests are).
     pub owner_key: Option<u64>,
 }
 
@@ -721,9 +721,6 @@ async fn serve(
     if pool.routing == crate::config::RoutingPolicy::PrefixAffinity {
         parsed.affinity_key = crate::routing::affinity_key(&headers, key_src.as_ref());
     }
-    if let Some(id) = response_id_of_path(&target) {
-        parsed.owner_key = Some(crate::routing::response_key(id));
-    }
     forward(state, target, pool, headers, parsed, up_body, guard).await
 }
 
@@ -1057,6 +1054,7 @@ async fn forward(
     mut guard: EventGuard,
 ) -> Response {
     let api = target.api();
+    // A request to a stored response names it in the path.
     let retrieved = response_id_of_path(&target).map(crate::routing::response_key);
     let cfg = state.cfg.clone();
     let deadline = Instant::from_std(guard.started()) + cfg.total_timeout;
@@ -1069,7 +1067,7 @@ async fn forward(
         &mut guard,
         deadline,
         parsed.affinity_key,
-        parsed.owner_key,
+        parsed.owner_key.or(retrieved),
     )
     .await
     {
@@ -1358,6 +1356,7 @@ fn remember_response(pool: &Pool, inflight: &InFlight, s: &Summary) {
 /// if no event has counted it yet: a background response's usage is first
 /// seen on a retrieval, while polling a finished one does no work and must
 /// not count its tokens and cost again.
+///
 /// Only the upstream's usage counts (a replayed stream's deltas are no work);
 /// while such a stream runs its event has no usage.
 fn usage_of_retrieval(pool: &Pool, retrieved: Option<u64>, g: &mut EventGuard) {
