@@ -10,8 +10,6 @@
 //! window, cues over its first [`HEAD_BYTES`] and a few over its last
 //! [`TAIL_BYTES`]) and one `memchr` pass over the bytes.
 
-use regex::bytes::SetMatches;
-
 /// Bytes at the start of the window searched for head cues.
 pub(crate) const HEAD_BYTES: usize = 384;
 /// Bytes at the start of the window whose lines the shape pass looks at
@@ -265,16 +263,6 @@ pub(crate) struct Cues {
     pub head: u32,
     /// Bits of [`CUES`] in the tail.
     pub tail: u32,
-}
-
-pub(crate) fn bits(m: &SetMatches, offset: usize, n: usize) -> u32 {
-    let mut b = 0u32;
-    for i in 0..n {
-        if m.matched(offset + i) {
-            b |= 1 << i;
-        }
-    }
-    b
 }
 
 /// Shape of the window, from one pass over its bytes.
