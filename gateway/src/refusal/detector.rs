@@ -13,8 +13,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CLARIFY, CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance,
-    TAIL_BYTES, TAIL_CUES, fi,
+    CLARIFY, CONTRAST, CUES, Cues, DISCLAIMER, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS,
+    PERSONA_MARK, Shape, Substance, TAIL_BYTES, TAIL_CUES, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -234,6 +234,10 @@ pub struct Detector {
     answer_follows: Option<Regex>,
     /// [`CLARIFY`], consulted only when the model says "full".
     clarify: Option<Regex>,
+    /// [`DISCLAIMER`] and [`CONTRAST`], consulted only when the model says "full".
+    disclaimer: Option<(Regex, Regex)>,
+    /// [`PERSONA_MARK`], consulted only when the model says "full".
+    persona: Option<Regex>,
     rules: Vec<RuleMeta>,
     /// The first `n_default` rules are the compiled-in ones: with a model
     /// they are features, not decisions.
@@ -307,6 +311,8 @@ impl Detector {
                     set: MatchSet::empty(),
                     answer_follows: None,
                     clarify: None,
+                    disclaimer: None,
+                    persona: None,
                     rules: Vec::new(),
                     n_default: 0,
                     cues: None,
@@ -386,12 +392,9 @@ impl Detector {
             enabled,
             set,
             answer_follows: Some(answer_follows),
-            clarify: Some(
-                RegexBuilder::new(&expand(CLARIFY))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| RefusalError::RuleSet(e.to_string()))?,
-            ),
+            clarify: Some(one_regex(CLARIFY)?),
+            disclaimer: Some((one_regex(DISCLAIMER)?, one_regex(CONTRAST)?)),
+            persona: Some(one_regex(PERSONA_MARK)?),
             rules,
             n_default,
             cues,
@@ -453,8 +456,65 @@ impl Detector {
         let Some(model) = &self.model else {
             return self.rules_only(window);
         };
-        self.set
-            .with_hits(&RULE_HITS, window, |m| self.decide(model, window, m))
+        let v = self
+            .set
+            .with_hits(&RULE_HITS, window, |m| self.decide(model, window, m));
+        // A persona that answers after the refusal (a role-play or
+        // "jailbreak" reply, see PERSONA_MARK): the part after the last
+        // marker is judged on its own. Only for the model's full refusals.
+        if v.refusal
+            && v.score_milli.is_some()
+            && let Some(seg) = self.persona_segment(window)
+        {
+            let own = self
+                .set
+                .with_hits(&RULE_HITS, seg, |m| self.decide(model, seg, m));
+            let head = &seg[..seg.len().min(HEAD_BYTES)];
+            // It answers on its own: no refusal cue at all, or not a refusal
+            // and a sentence about the topic.
+            let answers = own.kind.is_none() || Substance::of(head).substantive >= 1;
+            if !own.refusal && seg.len() >= 80 && answers {
+                return Verdict {
+                    refusal: false,
+                    kind: Some(RefusalKind::Partial),
+                    ..v
+                };
+            }
+        }
+        v
+    }
+
+    /// The text after the last persona marker, when something precedes it.
+    fn persona_segment<'w>(&self, window: &'w [u8]) -> Option<&'w [u8]> {
+        let re = self.persona.as_ref()?;
+        let last = re.find_iter(window).last()?;
+        let before = &window[..last.start()];
+        if before.iter().all(|b| b.is_ascii_whitespace()) {
+            return None;
+        }
+        Some(&window[last.end()..])
+    }
+
+    /// A self-disclaimer, a contrast, then a clause about the topic ("As an
+    /// AI I have no opinions, but many economists argue that ...").
+    fn disclaimer_answers(&self, head: &[u8]) -> bool {
+        let Some((disclaimer, contrast)) = &self.disclaimer else {
+            return false;
+        };
+        let Some(d) = disclaimer.find(head) else {
+            return false;
+        };
+        let Some(c) = contrast.find_at(head, d.end()) else {
+            return false;
+        };
+        let rest = &head[c.end()..];
+        let end = memchr::memchr3(b'.', b'!', b'?', rest)
+            .into_iter()
+            .chain(memchr::memchr(b'\n', rest))
+            .min()
+            .unwrap_or(rest.len());
+        let s = Substance::of(&rest[..end]);
+        s.substantive == 1 && s.words >= 5
     }
 
     /// [`Detector::detect`] once the opening rule set has been searched.
@@ -485,8 +545,17 @@ impl Detector {
                     .as_ref()
                     .is_some_and(|re| re.is_match(&w[..w.len().min(HEAD_BYTES)]))
         };
+        // A self-disclaimer then an answer ("As an AI I have no opinions,
+        // but many economists argue ..."): at most a hedge, unless a hard
+        // rule or a refusal of the task itself matched.
+        let disclaimer_answer = |w: &[u8]| {
+            x.0[fi::RULE_HARD] == 0.0
+                && x.0[fi::INABILITY] == 0.0
+                && x.0[fi::POLICY_REASON] == 0.0
+                && self.disclaimer_answers(&w[..w.len().min(HEAD_BYTES)])
+        };
         let kind = if score >= DECISION_SCORE {
-            if announced || clarify(window) {
+            if announced || clarify(window) || disclaimer_answer(window) {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -528,6 +597,8 @@ impl Detector {
             set: self.set.clone(),
             answer_follows: self.answer_follows.clone(),
             clarify: self.clarify.clone(),
+            disclaimer: self.disclaimer.clone(),
+            persona: self.persona.clone(),
             rules: self
                 .rules
                 .iter()
@@ -706,6 +777,14 @@ impl Detector {
 fn build_features(cues: &Cues, window: &[u8]) -> Features {
     let head = &window[..window.len().min(HEAD_BYTES)];
     Features::build(cues, &Shape::of(window), &Substance::of(head))
+}
+
+/// One compiled-in pattern (template expanded) as a regex.
+fn one_regex(template: &str) -> Result<Regex, RefusalError> {
+    RegexBuilder::new(&expand(template))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RefusalError::RuleSet(e.to_string()))
 }
 
 /// A probability in thousandths.
