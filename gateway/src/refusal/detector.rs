@@ -13,8 +13,8 @@ use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CLARIFY, CONTRAST, CUES, Cues, DISCLAIMER, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS,
-    PERSONA_MARK, Shape, Substance, TAIL_BYTES, TAIL_CUES, fi,
+    CLARIFY, CONCESSIVE, CONTRAST, CUES, Cues, DISCLAIMER, FEATURE_NAMES, Features, HEAD_BYTES,
+    OPENINGS, PERSONA_MARK, SPOKEN_OPENING, Shape, Substance, TAIL_BYTES, TAIL_CUES, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -234,8 +234,11 @@ pub struct Detector {
     answer_follows: Option<Regex>,
     /// [`CLARIFY`], consulted only when the model says "full".
     clarify: Option<Regex>,
-    /// [`DISCLAIMER`] and [`CONTRAST`], consulted only when the model says "full".
-    disclaimer: Option<(Regex, Regex)>,
+    /// [`DISCLAIMER`], [`CONTRAST`] and [`CONCESSIVE`], consulted only when
+    /// the model says "full".
+    disclaimer: Option<(Regex, Regex, Regex)>,
+    /// [`SPOKEN_OPENING`], consulted only when the model says "full".
+    spoken: Option<Regex>,
     /// [`PERSONA_MARK`], consulted only when the model says "full".
     persona: Option<Regex>,
     rules: Vec<RuleMeta>,
@@ -312,6 +315,7 @@ impl Detector {
                     answer_follows: None,
                     clarify: None,
                     disclaimer: None,
+                    spoken: None,
                     persona: None,
                     rules: Vec::new(),
                     n_default: 0,
@@ -393,7 +397,12 @@ impl Detector {
             set,
             answer_follows: Some(answer_follows),
             clarify: Some(one_regex(CLARIFY)?),
-            disclaimer: Some((one_regex(DISCLAIMER)?, one_regex(CONTRAST)?)),
+            disclaimer: Some((
+                one_regex(DISCLAIMER)?,
+                one_regex(CONTRAST)?,
+                one_regex(CONCESSIVE)?,
+            )),
+            spoken: Some(one_regex(SPOKEN_OPENING)?),
             persona: Some(one_regex(PERSONA_MARK)?),
             rules,
             n_default,
@@ -496,25 +505,28 @@ impl Detector {
     }
 
     /// A self-disclaimer, a contrast, then a clause about the topic ("As an
-    /// AI I have no opinions, but many economists argue that ...").
-    fn disclaimer_answers(&self, head: &[u8]) -> bool {
-        let Some((disclaimer, contrast)) = &self.disclaimer else {
-            return false;
+    /// AI I have no opinions, but many economists argue that ..."): `None`
+    /// when not, else whether the disclaimer was concessive ("While I can't
+    /// give medical advice, ..."), where the disclaimer itself is an
+    /// inability cue.
+    fn disclaimer_answers(&self, head: &[u8]) -> Option<bool> {
+        let (disclaimer, contrast, concessive) = self.disclaimer.as_ref()?;
+        let d = disclaimer.find(head)?;
+        // "While I can't ..., <clause>": the comma is the contrast.
+        let is_concessive = concessive.find(head).is_some_and(|c| c.end() == d.start());
+        let after = if is_concessive {
+            d.end() + memchr::memchr(b',', &head[d.end()..])? + 1
+        } else {
+            contrast.find_at(head, d.end())?.end()
         };
-        let Some(d) = disclaimer.find(head) else {
-            return false;
-        };
-        let Some(c) = contrast.find_at(head, d.end()) else {
-            return false;
-        };
-        let rest = &head[c.end()..];
+        let rest = &head[after..];
         let end = memchr::memchr3(b'.', b'!', b'?', rest)
             .into_iter()
             .chain(memchr::memchr(b'\n', rest))
             .min()
             .unwrap_or(rest.len());
         let s = Substance::of(&rest[..end]);
-        s.substantive == 1 && s.words >= 5
+        (s.substantive == 1 && s.words >= 5).then_some(is_concessive)
     }
 
     /// [`Detector::detect`] once the opening rule set has been searched.
@@ -550,12 +562,15 @@ impl Detector {
         // rule or a refusal of the task itself matched.
         let disclaimer_answer = |w: &[u8]| {
             x.0[fi::RULE_HARD] == 0.0
-                && x.0[fi::INABILITY] == 0.0
                 && x.0[fi::POLICY_REASON] == 0.0
-                && self.disclaimer_answers(&w[..w.len().min(HEAD_BYTES)])
+                && self
+                    .disclaimer_answers(&w[..w.len().min(HEAD_BYTES)])
+                    .is_some_and(|concessive| concessive || x.0[fi::INABILITY] == 0.0)
         };
+        // A story opening with a character's line (`"I can't," she said`).
+        let spoken = |w: &[u8]| self.spoken.as_ref().is_some_and(|re| re.is_match(w));
         let kind = if score >= DECISION_SCORE {
-            if announced || clarify(window) || disclaimer_answer(window) {
+            if announced || clarify(window) || disclaimer_answer(window) || spoken(window) {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -598,6 +613,7 @@ impl Detector {
             answer_follows: self.answer_follows.clone(),
             clarify: self.clarify.clone(),
             disclaimer: self.disclaimer.clone(),
+            spoken: self.spoken.clone(),
             persona: self.persona.clone(),
             rules: self
                 .rules
