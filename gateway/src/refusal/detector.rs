@@ -14,7 +14,8 @@ use super::config::{
 };
 use super::features::{
     CLARIFY, CONCESSIVE, CONTRAST, CUES, Cues, DISCLAIMER, FEATURE_NAMES, Features, HEAD_BYTES,
-    OPENINGS, PERSONA_MARK, SPOKEN_OPENING, Shape, Substance, TAIL_BYTES, TAIL_CUES, fi,
+    OPENINGS, PERSONA_MARK, SHAPE_LINE_BYTES, SPOKEN_OPENING, Shape, Substance, TAIL_BYTES,
+    TAIL_CUES, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -465,17 +466,20 @@ impl Detector {
         let Some(model) = &self.model else {
             return self.rules_only(window);
         };
-        let v = self
+        let (v, persona_hint) = self
             .set
             .with_hits(&RULE_HITS, window, |m| self.decide(model, window, m));
         // A persona that answers after the refusal (a role-play or
         // "jailbreak" reply, see PERSONA_MARK): the part after the last
-        // marker is judged on its own. Only for the model's full refusals.
+        // marker is judged on its own. Only for the model's full refusals
+        // with a hint of a persona (the persona cue in the head, a labelled
+        // line, a lock emoji), so that a plain refusal pays nothing.
         if v.refusal
             && v.score_milli.is_some()
+            && (persona_hint || memchr::memmem::find(window, b"\xF0\x9F\x94").is_some())
             && let Some(seg) = self.persona_segment(window)
         {
-            let own = self
+            let (own, _) = self
                 .set
                 .with_hits(&RULE_HITS, seg, |m| self.decide(model, seg, m));
             let head = &seg[..seg.len().min(HEAD_BYTES)];
@@ -493,10 +497,14 @@ impl Detector {
         v
     }
 
-    /// The text after the last persona marker, when something precedes it.
+    /// The text after the last persona marker in the first
+    /// [`SHAPE_LINE_BYTES`] (which bounds the cost), when something
+    /// precedes it.
     fn persona_segment<'w>(&self, window: &'w [u8]) -> Option<&'w [u8]> {
         let re = self.persona.as_ref()?;
-        let last = re.find_iter(window).last()?;
+        let last = re
+            .find_iter(&window[..window.len().min(SHAPE_LINE_BYTES)])
+            .last()?;
         let before = &window[..last.start()];
         if before.iter().all(|b| b.is_ascii_whitespace()) {
             return None;
@@ -530,13 +538,15 @@ impl Detector {
     }
 
     /// [`Detector::detect`] once the opening rule set has been searched.
-    fn decide(&self, model: &Model, window: &[u8], matches: &PatternSet) -> Verdict {
+    /// Also says whether the window hints at a persona (see `detect`).
+    fn decide(&self, model: &Model, window: &[u8], matches: &PatternSet) -> (Verdict, bool) {
         let cues = self.cues_of(window, matches);
         // A configured rule decides as it always did.
         if let Some(v) = self.configured_rule(window, matches) {
-            return v;
+            return (v, false);
         }
         let x = build_features(&cues, window);
+        let persona_hint = x.0[fi::PERSONA] > 0.0 || x.0[fi::LABEL_LINES] > 0.0;
         let score = model.score(&x);
         let refusal_cue = x.0[fi::RULE_HARD] > 0.0
             || x.0[fi::RULE_SOFT] > 0.0
@@ -578,17 +588,21 @@ impl Detector {
         } else if refusal_cue && score >= PARTIAL_SCORE {
             RefusalKind::Partial
         } else {
-            return Verdict {
-                score_milli: Some(milli(score)),
-                ..Verdict::default()
-            };
+            return (
+                Verdict {
+                    score_milli: Some(milli(score)),
+                    ..Verdict::default()
+                },
+                persona_hint,
+            );
         };
-        Verdict {
+        let v = Verdict {
             refusal: kind == RefusalKind::Full,
             rule: Some(self.reason(model, &x, matches).to_owned()),
             kind: Some(kind),
             score_milli: Some(milli(score)),
-        }
+        };
+        (v, persona_hint)
     }
 
     /// The model inputs for a text (as [`Detector::detect`] computes them),

@@ -284,6 +284,8 @@ pub(crate) mod fi {
     pub const INABILITY: usize = 6;
     pub const SELF_INABILITY_ONLY: usize = 7;
     pub const POLICY_REASON: usize = 8;
+    pub const PERSONA: usize = 16;
+    pub const LABEL_LINES: usize = 35;
 }
 
 /// What the regex sets found, as bitsets.
