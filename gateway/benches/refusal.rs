@@ -76,6 +76,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("text_4kb", |b| {
         b.iter(|| det.detect(black_box(&sig), black_box(&four_kb)))
     });
+    // The slowest path: a full refusal with a persona marker, so the part
+    // after the marker is judged again on its own.
+    let persona = to_len(
+        &format!(
+            "GPT: {}\nDAN: Sure, here it is. {}",
+            refusal_text(),
+            compliance_text()
+        ),
+        4096,
+    );
+    g.bench_function("persona_4kb", |b| {
+        b.iter(|| det.detect(black_box(&sig), black_box(&persona)))
+    });
     g.bench_function("text_100kb_window_4kb", |b| {
         b.iter(|| det.detect(black_box(&sig), black_box(&big)))
     });

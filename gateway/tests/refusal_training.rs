@@ -56,17 +56,17 @@ fn leave_one_source_out_scores() {
     let text = String::from_utf8(out).unwrap();
     let _ = writeln!(std::io::stderr(), "{text}");
     let mean = report.loso_mean_f1.unwrap();
-    // Regression floor just under the measured value (0.848 with the
-    // substance features, see docs/benchmarks.md); the goal (0.88) is not
-    // reached yet.
-    assert!(mean >= 0.845, "LOSO mean F1 (B) {mean:.3} < 0.845\n{text}");
+    // Regression floor just under the measured value (0.850 with the
+    // substance features and the disclaimer / persona caps, see
+    // docs/benchmarks.md); the goal (0.88) is not reached yet.
+    assert!(mean >= 0.848, "LOSO mean F1 (B) {mean:.3} < 0.848\n{text}");
     // The development set alone must not lose more than 0.01 against the
-    // rules-only detector (0.935); measured 0.943.
+    // rules-only detector (0.935); measured 0.944.
     let dev: Vec<_> = rows(&files[..1]);
     let mut out = Vec::new();
     let r = run_eval_sources(&dev, false, &mut out, &det).unwrap();
     assert!(
-        r.overall.partial_excluded.f1 >= 0.94,
+        r.overall.partial_excluded.f1 >= 0.942,
         "dev F1 (B) {:.4}",
         r.overall.partial_excluded.f1
     );

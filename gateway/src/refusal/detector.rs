@@ -1,16 +1,21 @@
-//! The detector: upstream signals, then one `RegexSet` pass over the opening
+//! The detector: upstream signals, then pattern-set searches over the window
 //! of the response.
 
 use std::path::PathBuf;
 
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::{Input, MatchKind, PatternSet, meta, util::syntax};
 
 use super::config::{
     DEFAULT_SCAN_BYTES, MAX_SCAN_BYTES, RefusalConfig, RuleSpec, RulesMode, load_rules_file,
 };
 use super::features::{
-    CLARIFY, CUES, Cues, FEATURE_NAMES, Features, HEAD_BYTES, OPENINGS, Shape, Substance,
-    TAIL_BYTES, TAIL_CUES, bits, fi,
+    CLARIFY, CONCESSIVE, CONTRAST, CUES, Cues, DISCLAIMER, FEATURE_NAMES, Features, HEAD_BYTES,
+    OPENINGS, PERSONA_MARK, SHAPE_LINE_BYTES, SPOKEN_OPENING, Shape, Substance, TAIL_BYTES,
+    TAIL_CUES, fi,
 };
 use super::model::{Model, sigmoid};
 use super::rules::{AI_OPENING, DEFAULT_RULES, OVERRIDES, expand};
@@ -130,6 +135,85 @@ pub const DECISION_SCORE: f64 = 0.0;
 /// and [`DECISION_SCORE`] it is a partial refusal.
 pub const PARTIAL_SCORE: f64 = -1.5;
 
+/// A set of patterns searched together, as `regex::bytes::RegexSet` does
+/// (the same meta engine and settings: overlapping matches, bytes
+/// semantics), but its matches go to a per-thread scratch [`PatternSet`]
+/// instead of a new one per search (`RegexSet::matches` allocates).
+#[derive(Debug, Clone)]
+struct MatchSet(Option<meta::Regex>);
+
+thread_local! {
+    /// Scratch for the opening rule set (held through a whole `detect`).
+    static RULE_HITS: RefCell<PatternSet> = RefCell::new(PatternSet::new(0));
+    /// Scratch for the cue sets (held only while their bits are read).
+    static CUE_HITS: RefCell<PatternSet> = RefCell::new(PatternSet::new(0));
+}
+
+impl MatchSet {
+    fn build<P: AsRef<str>>(patterns: &[P]) -> Result<MatchSet, RefusalError> {
+        let config = meta::Config::new()
+            .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+            .hybrid_cache_capacity(DFA_SIZE_LIMIT)
+            .match_kind(MatchKind::All)
+            .utf8_empty(false)
+            .which_captures(regex_automata::nfa::thompson::WhichCaptures::None);
+        meta::Builder::new()
+            .configure(config)
+            .syntax(syntax::Config::new().utf8(false))
+            .build_many(patterns)
+            .map(|re| MatchSet(Some(re)))
+            .map_err(|e| RefusalError::RuleSet(e.to_string()))
+    }
+
+    /// Matches nothing.
+    fn empty() -> MatchSet {
+        MatchSet(None)
+    }
+
+    fn is_match(&self, hay: &[u8]) -> bool {
+        self.0.as_ref().is_some_and(|re| re.is_match(hay))
+    }
+
+    /// Runs the search into `scratch` and hands the matches to `f`. Not
+    /// re-entrant per scratch: `f` must not search with the same one.
+    fn with_hits<R>(
+        &self,
+        scratch: &'static LocalKey<RefCell<PatternSet>>,
+        hay: &[u8],
+        f: impl FnOnce(&PatternSet) -> R,
+    ) -> R {
+        scratch.with(|cell| {
+            let mut hits = cell.borrow_mut();
+            let n = self.0.as_ref().map_or(0, |re| re.pattern_len());
+            // One scratch serves sets of different sizes: grow it, never
+            // shrink it (a larger capacity only disables the "all matched"
+            // early exit).
+            if hits.capacity() < n {
+                *hits = PatternSet::new(n);
+            } else {
+                hits.clear();
+            }
+            if let Some(re) = &self.0 {
+                re.which_overlapping_matches(&Input::new(hay), &mut hits);
+            }
+            f(&hits)
+        })
+    }
+
+    /// The matches of the first `n` (at most 32) patterns as bits.
+    fn bits(&self, hay: &[u8]) -> u32 {
+        self.with_hits(&CUE_HITS, hay, |m| {
+            m.iter()
+                .fold(0, |b, p| b | 1u32.checked_shl(p.as_u32()).unwrap_or(0))
+        })
+    }
+}
+
+/// Did pattern `i` of a [`MatchSet`] match?
+fn hit(m: &PatternSet, i: usize) -> bool {
+    regex_automata::PatternID::new(i).is_ok_and(|p| m.contains(p))
+}
+
 #[derive(Debug)]
 struct RuleMeta {
     id: String,
@@ -143,7 +227,7 @@ struct RuleMeta {
 pub struct Detector {
     enabled: bool,
     /// Rule patterns (`rules.len()` of them), then [`AI_OPENING`].
-    set: RegexSet,
+    set: MatchSet,
     /// The answer-follows overrides as one alternation. Only consulted when
     /// a soft match needs it: an unanchored case-insensitive search is cheap
     /// as a leftmost `is_match` but not inside an overlapping set search.
@@ -151,13 +235,20 @@ pub struct Detector {
     answer_follows: Option<Regex>,
     /// [`CLARIFY`], consulted only when the model says "full".
     clarify: Option<Regex>,
+    /// [`DISCLAIMER`], [`CONTRAST`] and [`CONCESSIVE`], consulted only when
+    /// the model says "full".
+    disclaimer: Option<(Regex, Regex, Regex)>,
+    /// [`SPOKEN_OPENING`], consulted only when the model says "full".
+    spoken: Option<Regex>,
+    /// [`PERSONA_MARK`], consulted only when the model says "full".
+    persona: Option<Regex>,
     rules: Vec<RuleMeta>,
     /// The first `n_default` rules are the compiled-in ones: with a model
     /// they are features, not decisions.
     n_default: usize,
     /// Cues over the head of the window ([`CUES`]) and the few
     /// ([`TAIL_CUES`]) looked for in its tail.
-    cues: Option<(RegexSet, RegexSet)>,
+    cues: Option<(MatchSet, MatchSet)>,
     /// The structural model; `None` in `mode = "replace"` (rules decide).
     model: Option<Model>,
     scan_bytes: usize,
@@ -187,7 +278,7 @@ pub fn default_rules() -> Vec<RuleSpec> {
 
 impl Detector {
     /// Builds a detector from the `[refusal]` configuration: validates every
-    /// rule (errors name the rule id), then compiles one `RegexSet`.
+    /// rule (errors name the rule id), then compiles the pattern sets.
     pub fn new(cfg: &RefusalConfig) -> Result<Detector, RefusalError> {
         let scan_bytes = cfg.scan_bytes.unwrap_or(DEFAULT_SCAN_BYTES);
         if scan_bytes == 0 || scan_bytes > MAX_SCAN_BYTES {
@@ -221,9 +312,12 @@ impl Detector {
                 tracing::error!(error = %e, "compiled-in refusal rules failed to build");
                 Detector {
                     enabled: false,
-                    set: RegexSet::empty(),
+                    set: MatchSet::empty(),
                     answer_follows: None,
                     clarify: None,
+                    disclaimer: None,
+                    spoken: None,
+                    persona: None,
                     rules: Vec::new(),
                     n_default: 0,
                     cues: None,
@@ -278,22 +372,16 @@ impl Detector {
         }
         patterns.push(expand(AI_OPENING));
         patterns.extend(OPENINGS.iter().map(|(_, t)| expand(t)));
-        let set = RegexSetBuilder::new(&patterns)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .dfa_size_limit(DFA_SIZE_LIMIT)
-            .build()
-            .map_err(|e| RefusalError::RuleSet(e.to_string()))?;
+        let set = MatchSet::build(&patterns)?;
         let answer_follows = answer_follows_regex()?;
         let (cues, model) = if n_default > 0 {
-            let build = |pats: Vec<String>| {
-                RegexSetBuilder::new(pats)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .dfa_size_limit(DFA_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| RefusalError::RuleSet(e.to_string()))
-            };
-            let head = build(CUES.iter().map(|(_, t)| expand(t)).collect())?;
-            let tail = build(TAIL_CUES.iter().map(|&i| expand(CUES[i].1)).collect())?;
+            let head = MatchSet::build(&CUES.iter().map(|(_, t)| expand(t)).collect::<Vec<_>>())?;
+            let tail = MatchSet::build(
+                &TAIL_CUES
+                    .iter()
+                    .map(|&i| expand(CUES[i].1))
+                    .collect::<Vec<_>>(),
+            )?;
             let cues = (head, tail);
             (
                 Some(cues),
@@ -309,12 +397,14 @@ impl Detector {
             enabled,
             set,
             answer_follows: Some(answer_follows),
-            clarify: Some(
-                RegexBuilder::new(&expand(CLARIFY))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| RefusalError::RuleSet(e.to_string()))?,
-            ),
+            clarify: Some(one_regex(CLARIFY)?),
+            disclaimer: Some((
+                one_regex(DISCLAIMER)?,
+                one_regex(CONTRAST)?,
+                one_regex(CONCESSIVE)?,
+            )),
+            spoken: Some(one_regex(SPOKEN_OPENING)?),
+            persona: Some(one_regex(PERSONA_MARK)?),
             rules,
             n_default,
             cues,
@@ -376,12 +466,87 @@ impl Detector {
         let Some(model) = &self.model else {
             return self.rules_only(window);
         };
-        let (cues, matches) = self.cues_of(window);
+        let (v, persona_hint) = self
+            .set
+            .with_hits(&RULE_HITS, window, |m| self.decide(model, window, m));
+        // A persona that answers after the refusal (a role-play or
+        // "jailbreak" reply, see PERSONA_MARK): the part after the last
+        // marker is judged on its own. Only for the model's full refusals
+        // with a hint of a persona (the persona cue in the head, a labelled
+        // line, a lock emoji), so that a plain refusal pays nothing.
+        if v.refusal
+            && v.score_milli.is_some()
+            && (persona_hint || memchr::memmem::find(window, b"\xF0\x9F\x94").is_some())
+            && let Some(seg) = self.persona_segment(window)
+        {
+            let (own, _) = self
+                .set
+                .with_hits(&RULE_HITS, seg, |m| self.decide(model, seg, m));
+            let head = &seg[..seg.len().min(HEAD_BYTES)];
+            // It answers on its own: no refusal cue at all, or not a refusal
+            // and a sentence about the topic.
+            let answers = own.kind.is_none() || Substance::of(head).substantive >= 1;
+            if !own.refusal && seg.len() >= 80 && answers {
+                return Verdict {
+                    refusal: false,
+                    kind: Some(RefusalKind::Partial),
+                    ..v
+                };
+            }
+        }
+        v
+    }
+
+    /// The text after the last persona marker in the first
+    /// [`SHAPE_LINE_BYTES`] (which bounds the cost), when something
+    /// precedes it.
+    fn persona_segment<'w>(&self, window: &'w [u8]) -> Option<&'w [u8]> {
+        let re = self.persona.as_ref()?;
+        let last = re
+            .find_iter(&window[..window.len().min(SHAPE_LINE_BYTES)])
+            .last()?;
+        let before = &window[..last.start()];
+        if before.iter().all(|b| b.is_ascii_whitespace()) {
+            return None;
+        }
+        Some(&window[last.end()..])
+    }
+
+    /// A self-disclaimer, a contrast, then a clause about the topic ("As an
+    /// AI I have no opinions, but many economists argue that ..."): `None`
+    /// when not, else whether the disclaimer was concessive ("While I can't
+    /// give medical advice, ..."), where the disclaimer itself is an
+    /// inability cue.
+    fn disclaimer_answers(&self, head: &[u8]) -> Option<bool> {
+        let (disclaimer, contrast, concessive) = self.disclaimer.as_ref()?;
+        let d = disclaimer.find(head)?;
+        // "While I can't ..., <clause>": the comma is the contrast.
+        let is_concessive = concessive.find(head).is_some_and(|c| c.end() == d.start());
+        let after = if is_concessive {
+            d.end() + memchr::memchr(b',', &head[d.end()..])? + 1
+        } else {
+            contrast.find_at(head, d.end())?.end()
+        };
+        let rest = &head[after..];
+        let end = memchr::memchr3(b'.', b'!', b'?', rest)
+            .into_iter()
+            .chain(memchr::memchr(b'\n', rest))
+            .min()
+            .unwrap_or(rest.len());
+        let s = Substance::of(&rest[..end]);
+        (s.substantive == 1 && s.words >= 5).then_some(is_concessive)
+    }
+
+    /// [`Detector::detect`] once the opening rule set has been searched.
+    /// Also says whether the window hints at a persona (see `detect`).
+    fn decide(&self, model: &Model, window: &[u8], matches: &PatternSet) -> (Verdict, bool) {
+        let cues = self.cues_of(window, matches);
         // A configured rule decides as it always did.
-        if let Some(v) = self.configured_rule(window, &matches) {
-            return v;
+        if let Some(v) = self.configured_rule(window, matches) {
+            return (v, false);
         }
         let x = build_features(&cues, window);
+        let persona_hint = x.0[fi::PERSONA] > 0.0 || x.0[fi::LABEL_LINES] > 0.0;
         let score = model.score(&x);
         let refusal_cue = x.0[fi::RULE_HARD] > 0.0
             || x.0[fi::RULE_SOFT] > 0.0
@@ -402,8 +567,20 @@ impl Detector {
                     .as_ref()
                     .is_some_and(|re| re.is_match(&w[..w.len().min(HEAD_BYTES)]))
         };
+        // A self-disclaimer then an answer ("As an AI I have no opinions,
+        // but many economists argue ..."): at most a hedge, unless a hard
+        // rule or a refusal of the task itself matched.
+        let disclaimer_answer = |w: &[u8]| {
+            x.0[fi::RULE_HARD] == 0.0
+                && x.0[fi::POLICY_REASON] == 0.0
+                && self
+                    .disclaimer_answers(&w[..w.len().min(HEAD_BYTES)])
+                    .is_some_and(|concessive| concessive || x.0[fi::INABILITY] == 0.0)
+        };
+        // A story opening with a character's line (`"I can't," she said`).
+        let spoken = |w: &[u8]| self.spoken.as_ref().is_some_and(|re| re.is_match(w));
         let kind = if score >= DECISION_SCORE {
-            if announced || clarify(window) {
+            if announced || clarify(window) || disclaimer_answer(window) || spoken(window) {
                 RefusalKind::Partial
             } else {
                 RefusalKind::Full
@@ -411,17 +588,21 @@ impl Detector {
         } else if refusal_cue && score >= PARTIAL_SCORE {
             RefusalKind::Partial
         } else {
-            return Verdict {
-                score_milli: Some(milli(score)),
-                ..Verdict::default()
-            };
+            return (
+                Verdict {
+                    score_milli: Some(milli(score)),
+                    ..Verdict::default()
+                },
+                persona_hint,
+            );
         };
-        Verdict {
+        let v = Verdict {
             refusal: kind == RefusalKind::Full,
-            rule: Some(self.reason(model, &x, &matches).to_owned()),
+            rule: Some(self.reason(model, &x, matches).to_owned()),
             kind: Some(kind),
             score_milli: Some(milli(score)),
-        }
+        };
+        (v, persona_hint)
     }
 
     /// The model inputs for a text (as [`Detector::detect`] computes them),
@@ -431,7 +612,9 @@ impl Detector {
             return None;
         }
         let window = prefix(text, self.scan_bytes).as_bytes();
-        let (cues, _) = self.cues_of(window);
+        let cues = self
+            .set
+            .with_hits(&RULE_HITS, window, |m| self.cues_of(window, m));
         Some(build_features(&cues, window))
     }
 
@@ -443,6 +626,9 @@ impl Detector {
             set: self.set.clone(),
             answer_follows: self.answer_follows.clone(),
             clarify: self.clarify.clone(),
+            disclaimer: self.disclaimer.clone(),
+            spoken: self.spoken.clone(),
+            persona: self.persona.clone(),
             rules: self
                 .rules
                 .iter()
@@ -466,11 +652,11 @@ impl Detector {
     pub fn bench_stage(&self, stage: u8, text: &str) -> usize {
         let window = prefix(text, self.scan_bytes).as_bytes();
         match stage {
-            0 => self.set.matches(window).iter().count(),
+            0 => self.set.with_hits(&RULE_HITS, window, |m| m.len()),
             1 => self.cues.as_ref().map_or(0, |(hs, ts)| {
                 let head = &window[..window.len().min(HEAD_BYTES)];
                 let tail = &window[window.len().saturating_sub(TAIL_BYTES)..];
-                hs.matches(head).iter().count() + ts.matches(tail).iter().count()
+                (hs.bits(head).count_ones() + ts.bits(tail).count_ones()) as usize
             }),
             2 => Shape::of(window).list_lines as usize,
             _ => Substance::of(&window[..window.len().min(HEAD_BYTES)]).substantive as usize,
@@ -482,17 +668,23 @@ impl Detector {
         self.model.as_ref()
     }
 
-    fn cues_of(&self, window: &[u8]) -> (Cues, regex::bytes::SetMatches) {
-        let m = self.set.matches(window);
+    /// The cues of a window, given the opening rule set's matches `m`.
+    fn cues_of(&self, window: &[u8], m: &PatternSet) -> Cues {
         let n = self.rules.len();
-        let ai_opening = m.matched(n);
+        let ai_opening = hit(m, n);
+        let mut openings = 0u32;
+        for k in 0..OPENINGS.len() {
+            if hit(m, n + 1 + k) {
+                openings |= 1 << k;
+            }
+        }
         let mut c = Cues {
             ai_opening,
-            openings: bits(&m, n + 1, OPENINGS.len()),
+            openings,
             ..Cues::default()
         };
         for (i, rule) in self.rules[..self.n_default].iter().enumerate() {
-            if m.matched(i) {
+            if hit(m, i) {
                 if rule.soft || ai_opening {
                     c.rule_soft = true;
                 } else {
@@ -502,29 +694,29 @@ impl Detector {
         }
         if let Some((hs, ts)) = &self.cues {
             let head = &window[..window.len().min(HEAD_BYTES)];
-            c.head = bits(&hs.matches(head), 0, CUES.len());
+            c.head = hs.bits(head);
             c.tail = if window.len() <= HEAD_BYTES {
                 c.head
             } else {
-                let m = ts.matches(&window[window.len().saturating_sub(TAIL_BYTES)..]);
+                let m = ts.bits(&window[window.len().saturating_sub(TAIL_BYTES)..]);
                 let mut b = 0;
                 for (k, &i) in TAIL_CUES.iter().enumerate() {
-                    if m.matched(k) {
+                    if m & (1 << k) != 0 {
                         b |= 1 << i;
                     }
                 }
                 b
             };
         }
-        (c, m)
+        c
     }
 
     /// A configured (not compiled-in) rule that matched: a hard one decides,
     /// an overridable one decides unless an answer follows.
-    fn configured_rule(&self, window: &[u8], m: &regex::bytes::SetMatches) -> Option<Verdict> {
+    fn configured_rule(&self, window: &[u8], m: &PatternSet) -> Option<Verdict> {
         let mut soft = None;
         for (i, rule) in self.rules.iter().enumerate().skip(self.n_default) {
-            if !m.matched(i) {
+            if !hit(m, i) {
                 continue;
             }
             if !rule.soft {
@@ -538,7 +730,7 @@ impl Detector {
 
     /// What decided: the cue with the largest positive contribution; the
     /// matched rule's own id for the opening rules.
-    fn reason<'a>(&'a self, model: &Model, x: &Features, m: &regex::bytes::SetMatches) -> &'a str {
+    fn reason<'a>(&'a self, model: &Model, x: &Features, m: &PatternSet) -> &'a str {
         let mut best: Option<(usize, f64)> = None;
         for (i, (&w, &v)) in model.weights.iter().zip(x.0.iter()).enumerate() {
             let c = w * v;
@@ -550,13 +742,13 @@ impl Detector {
             return "model";
         };
         if i == fi::RULE_HARD || i == fi::RULE_SOFT {
-            let ai_opening = m.matched(self.rules.len());
+            let ai_opening = hit(m, self.rules.len());
             let rules = &self.rules[..self.n_default];
             let first = |pred: &dyn Fn(&RuleMeta) -> bool| {
                 rules
                     .iter()
                     .enumerate()
-                    .find(|(k, r)| m.matched(*k) && pred(r))
+                    .find(|(k, r)| hit(m, *k) && pred(r))
                     .map(|(_, r)| r.id.as_str())
             };
             let id = if i == fi::RULE_HARD {
@@ -579,13 +771,17 @@ impl Detector {
         if !self.set.is_match(window) {
             return Verdict::default();
         }
-        let matches = self.set.matches(window);
+        self.set
+            .with_hits(&RULE_HITS, window, |m| self.rules_decide(window, m))
+    }
+
+    fn rules_decide(&self, window: &[u8], matches: &PatternSet) -> Verdict {
         let n = self.rules.len();
-        let ai_opening = matches.matched(n);
+        let ai_opening = hit(matches, n);
         // First hard match; first soft rule; first match made soft by the AI opening.
         let (mut hard, mut soft, mut softened) = (None, None, None);
         for (i, rule) in self.rules.iter().enumerate() {
-            if !matches.matched(i) {
+            if !hit(matches, i) {
                 continue;
             }
             if rule.soft {
@@ -611,6 +807,14 @@ impl Detector {
 fn build_features(cues: &Cues, window: &[u8]) -> Features {
     let head = &window[..window.len().min(HEAD_BYTES)];
     Features::build(cues, &Shape::of(window), &Substance::of(head))
+}
+
+/// One compiled-in pattern (template expanded) as a regex.
+fn one_regex(template: &str) -> Result<Regex, RefusalError> {
+    RegexBuilder::new(&expand(template))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RefusalError::RuleSet(e.to_string()))
 }
 
 /// A probability in thousandths.
