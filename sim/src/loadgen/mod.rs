@@ -339,6 +339,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// Adds the `--api-key` and the `--header`s to a request to the target.
+    fn authorized(&self, mut rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(k) = &self.opts.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        for (k, v) in &self.opts.headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        rb
+    }
+
     fn new(
         client: reqwest::Client,
         url: String,
@@ -407,24 +418,11 @@ async fn one(sh: &Shared, i: u64, start: Instant) -> Sample {
         .post(&sh.url)
         .header("content-type", "application/json")
         .body(t.body.clone());
-    if let Some(k) = &sh.opts.api_key {
-        rb = rb.bearer_auth(k);
-    }
-    for (k, v) in &sh.opts.headers {
-        rb = rb.header(k.as_str(), v.as_str());
-    }
+    rb = sh.authorized(rb);
     if let Some((k, v)) = t.header {
         rb = rb.header(k, v);
     }
-    let mut sample = Sample {
-        outcome: Outcome::Ok,
-        latency_s: 0.0,
-        ttft_s: None,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        finish_reason: None,
-        refusal: false,
-    };
+    let mut sample = Sample::pending();
     let fut = exchange(rb, sh.opts.stream, start, &mut sample, None);
     if tokio::time::timeout(sh.opts.timeout, fut).await.is_err() {
         sample.outcome = Outcome::Timeout;
@@ -753,22 +751,9 @@ async fn one_session(
             .header("content-type", "application/json")
             .header("x-sim-output-tokens", turn.answer_tokens.to_string())
             .body(serde_json::to_vec(&turn.body).unwrap_or_default());
-        if let Some(k) = &sh.opts.api_key {
-            rb = rb.bearer_auth(k);
-        }
-        for (k, v) in &sh.opts.headers {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
+        rb = sh.authorized(rb);
         let start = Instant::now();
-        let mut sample = Sample {
-            outcome: Outcome::Ok,
-            latency_s: 0.0,
-            ttft_s: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            finish_reason: None,
-            refusal: false,
-        };
+        let mut sample = Sample::pending();
         let mut answer = String::new();
         sh.sent.fetch_add(1, Ordering::Relaxed);
         sh.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,21 @@ pub enum Outcome {
     Timeout,
 }
 
+impl Sample {
+    /// A request not yet exchanged: outcome Ok until the exchange says otherwise.
+    pub fn pending() -> Self {
+        Self {
+            outcome: Outcome::Ok,
+            latency_s: 0.0,
+            ttft_s: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            refusal: false,
+        }
+    }
+}
+
 impl Outcome {
     /// Key in `errors_by_status`.
     #[must_use]
