@@ -352,28 +352,33 @@ def render(res):
              "## Goals", ""]
     for k, v in res["goals"].items():
         lines.append(f"- `{k}`: {verdict(v['ok'])} — {v['detail']}")
-    lines += ["", "## Main case: 4 replicas (replica 0 half as fast), conversations through the gateway", "",
-              "| policy | TTFT p50 | TTFT p95 | TTFT p99 | e2e p50 | e2e p95 | hit rate | max/mean load | requests | errors |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for pol in POLICIES + [p for p in EXTRA_POLICIES if p in s.get("main", {})]:
-        m = s.get("main", {}).get(pol)
-        if not m:
-            lines.append(f"| {pol} | not measured | | | | | | | | |")
-            continue
-        lines.append(f"| {pol} | {fmt(m['ttft_p50_ms'])} ms | {fmt(m['ttft_p95_ms'])} ms | {fmt(m['ttft_p99_ms'])} ms | "
-                     f"{fmt(m['e2e_p50_ms'])} ms | {fmt(m['e2e_p95_ms'])} ms | {fmt(m['hit_rate'], pct=True)} | "
-                     f"{fmt(m['load_max_over_mean'], 2)} | {fmt(m['requests'])} | {fmt(m['errors'])} |")
-    lines += ["", "## Skewed case: replica 0 has a long queue of long generations sent to it directly", "",
-              "| policy | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | e2e p99 | hit rate | requests | errors |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for pol in SKEW_POLICIES:
-        m = s.get("skewed", {}).get(pol)
-        if not m:
-            lines.append(f"| {pol} | not measured | | | | | | | |")
-            continue
-        lines.append(f"| {pol} | {fmt(m['ttft_p50_ms'])} ms | {fmt(m['ttft_p95_ms'])} ms | {fmt(m['e2e_p50_ms'])} ms | "
-                     f"{fmt(m['e2e_p95_ms'])} ms | {fmt(m['e2e_p99_ms'])} ms | {fmt(m.get('hit_rate'), pct=True)} | "
-                     f"{fmt(m['requests'])} | {fmt(m['errors'])} |")
+    def table(title, case, policies, columns):
+        """One row per policy of `case`; `columns`: (header, cell of a summary)."""
+        lines.extend(["", title, "", "| policy | " + " | ".join(h for h, _ in columns) + " |",
+                      "|---|" + "---|" * len(columns)])
+        for pol in policies:
+            m = s.get(case, {}).get(pol)
+            if not m:
+                lines.append(f"| {pol} | not measured |" + " |" * (len(columns) - 1))
+                continue
+            lines.append(f"| {pol} | " + " | ".join(cell(m) for _, cell in columns) + " |")
+
+    def ms(key):
+        return lambda m: f"{fmt(m[key])} ms"
+
+    table("## Main case: 4 replicas (replica 0 half as fast), conversations through the gateway", "main",
+          POLICIES + [p for p in EXTRA_POLICIES if p in s.get("main", {})],
+          [("TTFT p50", ms("ttft_p50_ms")), ("TTFT p95", ms("ttft_p95_ms")), ("TTFT p99", ms("ttft_p99_ms")),
+           ("e2e p50", ms("e2e_p50_ms")), ("e2e p95", ms("e2e_p95_ms")),
+           ("hit rate", lambda m: fmt(m["hit_rate"], pct=True)),
+           ("max/mean load", lambda m: fmt(m["load_max_over_mean"], 2)),
+           ("requests", lambda m: fmt(m["requests"])), ("errors", lambda m: fmt(m["errors"]))])
+    table("## Skewed case: replica 0 has a long queue of long generations sent to it directly", "skewed",
+          SKEW_POLICIES,
+          [("TTFT p50", ms("ttft_p50_ms")), ("TTFT p95", ms("ttft_p95_ms")), ("e2e p50", ms("e2e_p50_ms")),
+           ("e2e p95", ms("e2e_p95_ms")), ("e2e p99", ms("e2e_p99_ms")),
+           ("hit rate", lambda m: fmt(m.get("hit_rate"), pct=True)),
+           ("requests", lambda m: fmt(m["requests"])), ("errors", lambda m: fmt(m["errors"]))])
     lines += ["", "## Per window", "",
               "| case | policy | round | TTFT p95 | e2e p95 | hit rate | requests per replica | gateway picks by reason |",
               "|---|---|---|---|---|---|---|---|"]
