@@ -339,6 +339,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// The samples collected so far (the run is over; a poisoned lock still
+    /// holds them).
+    fn take_collector(&self) -> Collector {
+        match self.collector.lock() {
+            Ok(mut c) => std::mem::take(&mut *c),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
     /// Adds the `--api-key` and the `--header`s to a request to the target.
     fn authorized(&self, mut rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some(k) = &self.opts.api_key {
@@ -688,10 +697,7 @@ pub async fn run(opts: Options) -> Result<Summary, LoadgenError> {
         };
     }
     let unfinished = sh.in_flight.load(Ordering::Relaxed);
-    let collector = match sh.collector.lock() {
-        Ok(mut c) => std::mem::take(&mut *c),
-        Err(p) => std::mem::take(&mut *p.into_inner()),
-    };
+    let collector = sh.take_collector();
     let target_rps = opts.scenario.open_loop().then_some(opts.rate);
     let summary = Summary::build(
         collector,
@@ -863,10 +869,7 @@ async fn run_sessions(
     let (after, e2) = scrape_all(&client, &opts.metrics_urls).await;
     scrape_errors += e2;
     let unfinished_requests = sh.in_flight.load(Ordering::Relaxed);
-    let collector = match sh.collector.lock() {
-        Ok(mut c) => std::mem::take(&mut *c),
-        Err(p) => std::mem::take(&mut *p.into_inner()),
-    };
+    let collector = sh.take_collector();
     let mut summary = Summary::build(
         collector,
         stats::RunInfo {
